@@ -1,0 +1,1 @@
+"""Moshi speech-to-speech dialogue model on MLX."""

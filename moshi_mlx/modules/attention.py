@@ -1,0 +1,76 @@
+"""Multi-head self-attention with interleaved RoPE, causal/context masking and per-step weights."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..config import TransformerConfig
+from .kv_cache import KVCache, RingKVCache, attention_mask
+
+Cache = KVCache | RingKVCache
+
+
+def rope_inv_freqs(head_dim: int, max_period: float) -> mx.array:
+    """Rotation frequency of each interleaved pair: max_period^(-2i/D), computed in fp32."""
+    ds = mx.arange(head_dim // 2, dtype=mx.float32)
+    return mx.exp(ds * (-math.log(max_period) * 2.0 / head_dim))
+
+
+def apply_rope(x: mx.array, offset: int, inv_freqs: mx.array) -> mx.array:
+    """Rotates interleaved pairs (x[2i], x[2i+1]) of `x` [B, H, T, D] by position `offset + t`, in fp32."""
+    B, H, T, D = x.shape
+    ts = mx.arange(offset, offset + T, dtype=mx.float32)[:, None]
+    angles = ts * inv_freqs[None, :]  # (T, D/2)
+    cos, sin = mx.cos(angles), mx.sin(angles)
+    pairs = x.astype(mx.float32).reshape(B, H, T, D // 2, 2)
+    re, im = pairs[..., 0], pairs[..., 1]
+    out = mx.stack([re * cos - im * sin, re * sin + im * cos], axis=-1)
+    return out.reshape(B, H, T, D).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Self-attention; `in_projs`/`out_projs` hold one Linear per weight set (torch naming)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        n = cfg.num_weight_sets
+        self.in_projs = [nn.Linear(d, d + 2 * kv_dim, bias=False) for _ in range(n)]
+        self.out_projs = [nn.Linear(d, d, bias=False) for _ in range(n)]
+        self.scale = cfg.head_dim**-0.5
+        self._inv_freqs = (
+            rope_inv_freqs(cfg.head_dim, cfg.max_period) if cfg.positional_embedding == "rope" else None
+        )
+
+    def _per_step(self, linears: list[nn.Linear], x: mx.array, offset: int) -> mx.array:
+        """Applies the weight set of each absolute position `offset + t` (torch `apply_weights_per_step`)."""
+        if len(linears) == 1 and not self.cfg.weights_per_step:
+            return linears[0](x)
+        T = x.shape[1]
+        outs = [linears[self.cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
+        return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
+
+    def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
+        cfg = self.cfg
+        B, T, D = x.shape
+        offset = 0 if cache is None else cache.offset
+        qkv = self._per_step(self.in_projs, x, offset)
+        Hk, Dh = cfg.num_kv_heads, cfg.head_dim
+        q = qkv[..., :D].reshape(B, T, cfg.num_heads, Dh).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
+        k = qkv[..., D : D + Hk * Dh].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
+        v = qkv[..., D + Hk * Dh :].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
+        if self._inv_freqs is not None:
+            q = apply_rope(q, offset, self._inv_freqs)
+            k = apply_rope(k, offset, self._inv_freqs)
+        if cache is None:
+            mask = attention_mask(0, T, 0, T, cfg.causal, cfg.context)
+        else:
+            k, v, mask = cache.update_and_fetch(k, v)
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, D)
+        return self._per_step(self.out_projs, y, offset)

@@ -1,0 +1,169 @@
+"""Pre-norm transformer layers: RMSNorm|LayerNorm, gated|GELU feed-forward, optional LayerScale."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..config import TransformerConfig
+from .attention import Attention, Cache
+from .kv_cache import KVCache, RingKVCache
+
+
+class RMSNorm(nn.Module):
+    """`x * weight / sqrt(mean(x^2) + eps)`; `float32=True` computes in fp32 (torch "rms_norm_f32")."""
+
+    def __init__(self, dim: int, eps: float, float32: bool):
+        super().__init__()
+        self.weight = mx.ones((dim,))
+        self.eps = eps
+        self.float32 = float32
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.float32:
+            y = mx.fast.rms_norm(x.astype(mx.float32), self.weight.astype(mx.float32), self.eps)
+            return y.astype(x.dtype)
+        return mx.fast.rms_norm(x, self.weight.astype(x.dtype), self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with bias; `float32=True` computes in fp32 (torch "layer_norm_f32")."""
+
+    def __init__(self, dim: int, eps: float, float32: bool):
+        super().__init__(dim, eps=eps)
+        self.float32 = float32
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.float32:
+            y = mx.fast.layer_norm(
+                x.astype(mx.float32), self.weight.astype(mx.float32), self.bias.astype(mx.float32), self.eps
+            )
+            return y.astype(x.dtype)
+        return super().__call__(x)
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    eps = 1e-8 if kind.endswith("_f32") else 1e-5
+    float32 = kind.endswith("_f32")
+    if kind.startswith("rms_norm"):
+        return RMSNorm(dim, eps, float32)
+    return LayerNorm(dim, eps, float32)
+
+
+_ACTIVATIONS = {
+    "silu": nn.silu,
+    "gelu": nn.gelu,  # exact (erf) GELU, as torch F.gelu
+    "relu": nn.relu,
+    "sigmoid": mx.sigmoid,
+    "tanh": mx.tanh,
+    "elu": nn.elu,
+    "leaky_relu": nn.leaky_relu,
+    "mish": nn.mish,
+    "softsign": nn.softsign,
+}
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.scale = mx.full((dim,), init)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x * self.scale
+
+
+class ActivationGating(nn.Module):
+    """Gated feed-forward: `linear_out(act(a) * b)` with `[a, b] = linear_in(x)`."""
+
+    def __init__(self, dim: int, hidden: int, activation: str):
+        super().__init__()
+        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = nn.Linear(hidden, dim, bias=False)
+        self.activation = activation
+
+    def __call__(self, x: mx.array) -> mx.array:
+        B, T, _ = x.shape
+        h = self.linear_in(x).reshape(B, T, 2, -1)
+        return self.linear_out(_ACTIVATIONS[self.activation](h[:, :, 0]) * h[:, :, 1])
+
+
+class TransformerLayer(nn.Module):
+    """`x + ls1(attn(norm1(x)))`, then `x + ls2(ffn(norm2(x)))`; parameter names follow torch moshi."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.self_attn = Attention(cfg)
+        self.norm1 = make_norm(cfg.norm, d)
+        self.norm2 = make_norm(cfg.norm, d)
+        if cfg.gating == "none":
+            self.linear1 = nn.Linear(d, cfg.ffn_hidden(), bias=False)
+            self.linear2 = nn.Linear(cfg.ffn_hidden(), d, bias=False)
+        elif cfg.weights_per_step:
+            self.gating = [ActivationGating(d, cfg.ffn_hidden(i), cfg.gating) for i in range(cfg.num_weight_sets)]
+        else:
+            self.gating = ActivationGating(d, cfg.ffn_hidden(), cfg.gating)
+        if cfg.layer_scale is not None:
+            self.layer_scale_1 = LayerScale(d, cfg.layer_scale)
+            self.layer_scale_2 = LayerScale(d, cfg.layer_scale)
+
+    def _ffn(self, x: mx.array, offset: int) -> mx.array:
+        cfg = self.cfg
+        if cfg.gating == "none":
+            return self.linear2(nn.gelu(self.linear1(x)))
+        if not cfg.weights_per_step:
+            return self.gating(x)
+        T = x.shape[1]
+        outs = [self.gating[cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
+        return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
+
+    def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
+        offset = 0 if cache is None else cache.offset
+        update = self.self_attn(self.norm1(x), cache)
+        if self.cfg.layer_scale is not None:
+            update = self.layer_scale_1(update)
+        x = x.astype(update.dtype) + update
+        update = self._ffn(self.norm2(x), offset)
+        if self.cfg.layer_scale is not None:
+            update = self.layer_scale_2(update)
+        return x.astype(update.dtype) + update
+
+
+def sin_embedding(offset: int, T: int, dim: int, max_period: float, dtype: mx.Dtype) -> mx.array:
+    """Sinusoidal positional embedding `[1, T, dim]` (torch `create_sin_embedding`)."""
+    half = dim // 2
+    # torch computes this in the activations' dtype; so do we.
+    positions = mx.arange(offset, offset + T).astype(dtype)[:, None]
+    adim = mx.arange(half).astype(dtype)[None, :]
+    phase = positions / (mx.array(max_period, dtype=dtype) ** (adim / (half - 1)))
+    return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)[None]
+
+
+class Transformer(nn.Module):
+    """A stack of `TransformerLayer`s; `cache` is the list returned by `make_cache()`."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
+
+    def make_cache(self, ring: bool | None = None) -> list[Cache]:
+        """One cache per layer: a ring of `context` positions when a context is set, else growing."""
+        cfg = self.cfg
+        if ring is None:
+            ring = cfg.context is not None
+        if ring:
+            if cfg.context is None:
+                raise ValueError("a ring cache needs a context")
+            return [RingKVCache(cfg.context, cfg.causal, cfg.context) for _ in self.layers]
+        return [KVCache(cfg.causal, cfg.context) for _ in self.layers]
+
+    def __call__(self, x: mx.array, cache: list[Cache] | None = None) -> mx.array:
+        if self.cfg.positional_embedding == "sin":
+            offset = 0 if cache is None else cache[0].offset
+            x = x + sin_embedding(offset, x.shape[1], x.shape[-1], self.cfg.max_period, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if cache is None else cache[i])
+        return x
+
