@@ -1,0 +1,62 @@
+"""Shared pieces of checkpoint handling: reading safetensors and strict, named loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the model: the message names the file, key and shapes."""
+
+
+def read_safetensors(path: str | Path) -> dict[str, mx.array]:
+    """Reads every tensor of a safetensors file (lazily mapped by MLX)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        return dict(mx.load(str(path), format="safetensors"))
+    except Exception as e:  # MLX raises RuntimeError/ValueError with multi-line messages
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a readable safetensors file ({reason})") from None
+
+
+def strict_load(
+    model: nn.Module,
+    weights: Mapping[str, mx.array],
+    source: str,
+    origin: Mapping[str, str] | None = None,
+    cast: bool = True,
+) -> None:
+    """Loads `weights` into `model`, requiring exactly the model's keys and shapes.
+
+    `origin` maps a model key to the checkpoint key it came from, for error messages.
+    With `cast`, tensors are converted to the dtype of the parameter they replace.
+    """
+    origin = origin or {}
+    expected = dict(tree_flatten(model.parameters()))
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        raise WeightsError(f"{source}: missing key {missing[0]!r}" + _more(missing))
+    unexpected = [k for k in weights if k not in expected]
+    if unexpected:
+        k = unexpected[0]
+        raise WeightsError(f"{source}: unexpected key {origin.get(k, k)!r}" + _more(unexpected))
+    for k, ref in expected.items():
+        w = weights[k]
+        if tuple(w.shape) != tuple(ref.shape):
+            raise WeightsError(
+                f"{source}: key {origin.get(k, k)!r} has shape {tuple(w.shape)}, "
+                f"expected {tuple(ref.shape)}" + (f" (for {k!r})" if origin.get(k, k) != k else "")
+            )
+    items = [(k, w.astype(expected[k].dtype) if cast and w.dtype != expected[k].dtype else w) for k, w in weights.items()]
+    model.update(tree_unflatten(items))
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
