@@ -1,0 +1,91 @@
+"""Attention masks and KV caches: prefill equals steps, windows hold after the ring wraps."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moshi_mlx.config import TransformerConfig
+from moshi_mlx.modules.kv_cache import KVCache, RingKVCache, attention_mask
+from moshi_mlx.modules.transformer import Transformer
+
+
+def reference_attention(q, k, v, context):
+    """Plain numpy causal attention where a query sees `context` keys including itself."""
+    T = q.shape[2]
+    scores = np.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    pos = np.arange(T)
+    allowed = (pos[:, None] - pos[None, :] >= 0)
+    if context is not None:
+        allowed &= pos[:, None] - pos[None, :] < context
+    scores = np.where(allowed, scores, -np.inf)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bhkd->bhqd", w, v)
+
+
+def run_chunks(cache, q, k, v, chunks):
+    outs, t = [], 0
+    for n in chunks:
+        keys, values, mask = cache.update_and_fetch(k[:, :, t : t + n], v[:, :, t : t + n])
+        outs.append(mx.fast.scaled_dot_product_attention(q[:, :, t : t + n], keys, values, scale=q.shape[-1] ** -0.5, mask=mask))
+        t += n
+    return np.array(mx.concatenate(outs, axis=2))
+
+
+@pytest.mark.parametrize("context", [None, 5])
+@pytest.mark.parametrize("chunks", [[1] * 23, [7, 1, 1, 9, 5], [23], [3, 3, 3, 3, 3, 3, 5]])
+def test_caches_match_exact_windowed_attention(context, chunks):
+    mx.random.seed(0)
+    q, k, v = (mx.random.normal((2, 3, 23, 8)) for _ in range(3))
+    ref = reference_attention(*(np.array(a) for a in (q, k, v)), context)
+    cache = KVCache(context=context, step=4) if context is None else RingKVCache(context)
+    got = run_chunks(cache, q, k, v, chunks)
+    assert np.abs(got - ref).max() < 1e-5
+    assert cache.offset == 23
+
+
+def test_ring_keeps_capacity_bytes():
+    ring = RingKVCache(6, step=4)
+    k = mx.zeros((1, 2, 1, 4))
+    sizes = []
+    for _ in range(50):
+        ring.update_and_fetch(k, k)
+        sizes.append(ring.nbytes)
+    assert max(sizes) == sizes[-1] == 2 * 6 * 2 * 4 * 4
+
+
+def test_mask_semantics():
+    m = np.array(attention_mask(10, 3, 6, 7, causal=True, context=4))
+    # query 10 sees 7..10, query 12 sees 9..12
+    assert m[0].tolist() == [False, True, True, True, True, False, False]
+    assert m[2].tolist() == [False, False, False, True, True, True, True]
+    assert attention_mask(5, 1, 0, 6, causal=True, context=None) is None
+    assert attention_mask(0, 4, 0, 4, causal=False, context=2) is None
+
+
+@pytest.mark.parametrize("norm, gating, pos", [("rms_norm_f32", "silu", "rope"), ("layer_norm", "none", "sin")])
+def test_transformer_prefill_equals_steps_after_wrap(norm, gating, pos):
+    cfg = TransformerConfig(32, 4, 2, 128, context=6, norm=norm, gating=gating, positional_embedding=pos, layer_scale=0.5)
+    model = Transformer(cfg)
+    x = mx.random.normal((2, 30, 32), key=mx.random.key(1))
+    batch = model(x)
+    cache = model.make_cache()
+    steps = mx.concatenate([model(x[:, t : t + 1], cache) for t in range(30)], axis=1)
+    assert mx.abs(batch - steps).max().item() < 1e-5
+    cache = model.make_cache()
+    mixed = mx.concatenate([model(x[:, a:b], cache) for a, b in [(0, 8), (8, 9), (9, 20), (20, 30)]], axis=1)
+    assert mx.abs(batch - mixed).max().item() < 1e-5
+
+
+def test_weights_per_step_select_by_position():
+    cfg = TransformerConfig(16, 2, 1, 48, gating="silu", norm="rms_norm_f32", positional_embedding="none",
+                            weights_per_step=4, weights_per_step_schedule=[0, 1, 1, 0])
+    model = Transformer(cfg)
+    assert len(model.layers[0].self_attn.in_projs) == 2 and len(model.layers[0].gating) == 2
+    x = mx.random.normal((3, 4, 16), key=mx.random.key(2))
+    batch = model(x)
+    cache = model.make_cache()
+    steps = mx.concatenate([model(x[:, t : t + 1], cache) for t in range(4)], axis=1)
+    assert mx.abs(batch - steps).max().item() < 1e-5
