@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -13,22 +11,10 @@ from .kv_cache import KVCache, RingKVCache, attention_mask
 Cache = KVCache | RingKVCache
 
 
-def rope_inv_freqs(head_dim: int, max_period: float) -> mx.array:
-    """Rotation frequency of each interleaved pair: max_period^(-2i/D), computed in fp32."""
-    ds = mx.arange(head_dim // 2, dtype=mx.float32)
-    return mx.exp(ds * (-math.log(max_period) * 2.0 / head_dim))
-
-
-def apply_rope(x: mx.array, offset: int, inv_freqs: mx.array) -> mx.array:
-    """Rotates interleaved pairs (x[2i], x[2i+1]) of `x` [B, H, T, D] by position `offset + t`, in fp32."""
-    B, H, T, D = x.shape
-    ts = mx.arange(offset, offset + T, dtype=mx.float32)[:, None]
-    angles = ts * inv_freqs[None, :]  # (T, D/2)
-    cos, sin = mx.cos(angles), mx.sin(angles)
-    pairs = x.astype(mx.float32).reshape(B, H, T, D // 2, 2)
-    re, im = pairs[..., 0], pairs[..., 1]
-    out = mx.stack([re * cos - im * sin, re * sin + im * cos], axis=-1)
-    return out.reshape(B, H, T, D).astype(x.dtype)
+def apply_rope(x: mx.array, offset: int, max_period: float) -> mx.array:
+    """Rotates interleaved pairs (x[2i], x[2i+1]) of `x` [B, H, T, D] by angle
+    `(offset + t) * max_period^(-2i/D)` (torch moshi "rope", `interleave=True`)."""
+    return mx.fast.rope(x, x.shape[-1], traditional=True, base=max_period, scale=1.0, offset=offset)
 
 
 class Attention(nn.Module):
@@ -43,9 +29,6 @@ class Attention(nn.Module):
         self.in_projs = [nn.Linear(d, d + 2 * kv_dim, bias=False) for _ in range(n)]
         self.out_projs = [nn.Linear(d, d, bias=False) for _ in range(n)]
         self.scale = cfg.head_dim**-0.5
-        self._inv_freqs = (
-            rope_inv_freqs(cfg.head_dim, cfg.max_period) if cfg.positional_embedding == "rope" else None
-        )
 
     def _per_step(self, linears: list[nn.Linear], x: mx.array, offset: int) -> mx.array:
         """Applies the weight set of each absolute position `offset + t` (torch `apply_weights_per_step`)."""
@@ -64,9 +47,9 @@ class Attention(nn.Module):
         q = qkv[..., :D].reshape(B, T, cfg.num_heads, Dh).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
         k = qkv[..., D : D + Hk * Dh].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
         v = qkv[..., D + Hk * Dh :].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
-        if self._inv_freqs is not None:
-            q = apply_rope(q, offset, self._inv_freqs)
-            k = apply_rope(k, offset, self._inv_freqs)
+        if cfg.positional_embedding == "rope":
+            q = apply_rope(q, offset, cfg.max_period)
+            k = apply_rope(k, offset, cfg.max_period)
         if cache is None:
             mask = attention_mask(0, T, 0, T, cfg.causal, cfg.context)
         else:
