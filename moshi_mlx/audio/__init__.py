@@ -1,0 +1,1 @@
+"""Audio front-ends: file I/O, devices and the full-duplex loop."""
