@@ -36,6 +36,25 @@ class ScaledEmbedding(nn.Embedding):
             y = self.low_rank(y)
         return y
 
+    def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine", **kw):
+        """A `QuantizedScaledEmbedding` (keeps the zero-token semantics that `nn.quantize` would drop)."""
+        if "low_rank" in self:
+            raise ValueError("a low-rank ScaledEmbedding is quantized through its `low_rank` Linear, not as a whole")
+        if kw.get("quantize_input"):
+            raise ValueError("quantized input is not supported for embeddings")
+        return QuantizedScaledEmbedding.from_embedding(self, group_size, bits, mode)
+
+
+class QuantizedScaledEmbedding(nn.QuantizedEmbedding):
+    """Quantized `ScaledEmbedding`: token -1 still gives an exact zero vector."""
+
+    ZERO_TOKEN = ScaledEmbedding.ZERO_TOKEN
+
+    def __call__(self, tokens: mx.array) -> mx.array:
+        is_zero = (tokens == self.ZERO_TOKEN)[..., None]
+        y = super().__call__(mx.maximum(tokens, 0))
+        return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
+
 
 def delay_sequence(delays: list[int], codes: mx.array, initial: mx.array) -> mx.array:
     """Shifts stream k right by `delays[k]`, filling the gap with `initial[:, k]` (`[B, K, 1]`)."""
