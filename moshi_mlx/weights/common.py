@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -32,17 +32,20 @@ def strict_load(
     source: str,
     origin: Mapping[str, str] | None = None,
     cast: bool = True,
+    spell_missing: Callable[[str], str] | None = None,
 ) -> None:
     """Loads `weights` into `model`, requiring exactly the model's keys and shapes.
 
-    `origin` maps a model key to the checkpoint key it came from, for error messages.
+    `origin` maps a model key to the checkpoint key it came from, for error messages;
+    `spell_missing` names a missing model key in the checkpoint's own spelling.
     With `cast`, tensors are converted to the dtype of the parameter they replace.
     """
     origin = origin or {}
     expected = dict(tree_flatten(model.parameters()))
     missing = [k for k in expected if k not in weights]
     if missing:
-        raise WeightsError(f"{source}: missing key {missing[0]!r}" + _more(missing))
+        name = spell_missing(missing[0]) if spell_missing else missing[0]
+        raise WeightsError(f"{source}: missing key {name!r}" + _more(missing))
     unexpected = [k for k in weights if k not in expected]
     if unexpected:
         k = unexpected[0]

@@ -1,0 +1,170 @@
+"""Find model files: a Hugging Face repo ("org/repo", "hf://org/repo/file"), a local folder or a file.
+
+File names follow Kyutai's repos: LM weights `model.safetensors` | `model.q8.safetensors` |
+`model.q4.safetensors`, text tokenizer `tokenizer_spm_32k_3.model`, Mimi
+`tokenizer-e351c8d8-checkpoint125.safetensors`, and an optional `config.json` whose `moshi_name`,
+`tokenizer_name` and `mimi_name` keys override those names (as Kyutai's loaders do). Without a
+`config.json` the LM is the 7B (`LmConfig.from_preset("moshi_7b")`).
+
+Repos go through `huggingface_hub.snapshot_download` with `allow_patterns`, so only the needed
+files are fetched; with `HF_HUB_OFFLINE=1` (read at call time) only the local cache is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import ConfigError, LmConfig
+
+DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
+LM_NAMES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
+TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
+MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
+CONFIG_NAME = "config.json"
+# Keys of our own config.json that are not LM architecture.
+_NON_ARCH_KEYS = ("quantization",)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ROLES = ("lm", "tokenizer", "mimi")
+
+
+class HubError(FileNotFoundError):
+    """Model files that cannot be found; the message says what was looked for and where."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Resolved paths; a role not found (and not required) is None."""
+
+    lm: Path | None
+    tokenizer: Path | None
+    mimi: Path | None
+    config: Path | None
+    where: str
+
+    def config_dict(self) -> dict[str, Any] | None:
+        """The raw `config.json`, or None without one."""
+        return None if self.config is None else read_config(self.config)
+
+    def lm_config(self) -> LmConfig:
+        """The LM architecture: from `config.json`, else the 7B preset."""
+        raw = self.config_dict()
+        if raw is None:
+            return LmConfig.from_preset("moshi_7b")
+        arch = {k: v for k, v in raw.items() if k not in _NON_ARCH_KEYS}
+        try:
+            return LmConfig.from_kyutai_json(arch)
+        except ConfigError as e:
+            raise ConfigError(f"{self.config}: {e}") from None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Reads a `config.json` as a dict, with a one-line error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: config must be a JSON object")
+    return data
+
+
+def is_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` is set now (huggingface_hub reads it only at import)."""
+    value = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def resolve(
+    source: str | Path = DEFAULT_REPO,
+    require: Iterable[str] = ROLES,
+    cache_dir: str | Path | None = None,
+) -> ModelFiles:
+    """Finds the LM weights, tokenizer, Mimi weights and config of `source`.
+
+    `source` is "org/repo", "hf://org/repo" or "hf://org/repo/<lm file>", a folder, or an LM
+    weights file (its folder is searched for the rest). Roles in `require` must be found.
+    """
+    require = tuple(require)
+    unknown = [r for r in require if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role {unknown[0]!r} (roles: {', '.join(ROLES)})")
+    text = str(source)
+    if text.startswith("hf://"):
+        parts = text[len("hf://") :].strip("/").split("/")
+        if len(parts) < 2:
+            raise HubError(f"{text}: expected hf://org/repo or hf://org/repo/file")
+        lm_name = "/".join(parts[2:]) or None
+        return _from_repo(f"{parts[0]}/{parts[1]}", lm_name, require, cache_dir)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _from_folder(path, None, require, str(path))
+    if path.is_file():
+        return _from_folder(path.parent, path.name, require, str(path.parent))
+    if _REPO_ID.match(text) and not text.startswith((".", "/")):
+        return _from_repo(text, None, require, cache_dir)
+    raise HubError(f"{text}: no such file or folder, and not a Hugging Face repo id (org/repo)")
+
+
+def _wanted_names(raw: dict[str, Any] | None, lm_name: str | None) -> dict[str, tuple[str, ...]]:
+    raw = raw or {}
+    return {
+        "lm": (lm_name,) if lm_name else ((raw["moshi_name"],) if "moshi_name" in raw else LM_NAMES),
+        "tokenizer": (raw.get("tokenizer_name", TOKENIZER_NAME),),
+        "mimi": (raw.get("mimi_name", MIMI_NAME),),
+    }
+
+
+def _from_folder(folder: Path, lm_name: str | None, require: tuple[str, ...], where: str) -> ModelFiles:
+    config = folder / CONFIG_NAME
+    config = config if config.is_file() else None
+    raw = read_config(config) if config is not None else None
+    names = _wanted_names(raw, lm_name)
+    found: dict[str, Path | None] = {}
+    for role, candidates in names.items():
+        found[role] = next((folder / n for n in candidates if (folder / n).is_file()), None)
+    missing = [r for r in require if found[r] is None]
+    if missing:
+        looked = "; ".join(f"{r}: {', '.join(names[r])}" for r in missing)
+        raise HubError(f"{where}: missing {', '.join(missing)} files (looked for {looked})")
+    return ModelFiles(found["lm"], found["tokenizer"], found["mimi"], config, where)
+
+
+def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = is_offline()
+    try:
+        return Path(
+            snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
+        )
+    except LocalEntryNotFoundError:
+        where = cache_dir or os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache"
+        why = "HF_HUB_OFFLINE is set" if offline else "it could not be downloaded"
+        raise HubError(f"{repo}: not found in {where} and {why}") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{repo}: no such Hugging Face repo (or it needs a login)") from None
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HubError(f"{repo}: cannot fetch files ({reason})") from None
+
+
+def _from_repo(repo: str, lm_name: str | None, require: tuple[str, ...], cache_dir: str | Path | None) -> ModelFiles:
+    first = _wanted_names(None, lm_name)
+    patterns = [CONFIG_NAME, *first["lm"], *first["tokenizer"], *first["mimi"]]
+    folder = _snapshot(repo, patterns, cache_dir)
+    config = folder / CONFIG_NAME
+    if config.is_file():
+        names = _wanted_names(read_config(config), lm_name)
+        extra = [n for ns in names.values() for n in ns if n not in patterns]
+        if extra:
+            folder = _snapshot(repo, patterns + extra, cache_dir)
+    return _from_folder(folder, lm_name, require, f"{repo} ({folder})")
