@@ -356,3 +356,96 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
 
 def config_fields(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+# --- Mimi ---
+
+
+@dataclass
+class SeanetConfig:
+    """The SEANet convolutional encoder/decoder of Mimi (torch `SEANetEncoder` kwargs)."""
+
+    dimension: int = 512
+    channels: int = 1
+    n_filters: int = 64
+    n_residual_layers: int = 1
+    ratios: list[int] = field(default_factory=lambda: [8, 6, 5, 4])
+    kernel_size: int = 7
+    residual_kernel_size: int = 3
+    last_kernel_size: int = 3
+    dilation_base: int = 2
+    compress: int = 2
+    pad_mode: str = "constant"
+    true_skip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in ("constant", "replicate"):
+            raise ConfigError(f"unsupported pad_mode {self.pad_mode!r} (supported: constant, replicate)")
+        if not self.true_skip:
+            raise ConfigError("true_skip=False (conv shortcut) is not supported")
+
+    @property
+    def hop_length(self) -> int:
+        """Input samples per encoder frame."""
+        hop = 1
+        for r in self.ratios:
+            hop *= r
+        return hop
+
+
+@dataclass
+class MimiConfig:
+    """The Mimi codec: SEANet, two transformers, 2x resampling and a split residual VQ."""
+
+    seanet: SeanetConfig
+    transformer: TransformerConfig
+    sample_rate: int = 24_000
+    frame_rate: float = 12.5
+    quantizer_dimension: int = 256
+    quantizer_n_q: int = 32
+    quantizer_bins: int = 2048
+    n_q_semantic: int = 1
+    num_codebooks: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.n_q_semantic <= self.num_codebooks <= self.quantizer_n_q:
+            raise ConfigError(
+                f"num_codebooks must be in [{self.n_q_semantic}, {self.quantizer_n_q}], got {self.num_codebooks}"
+            )
+        if self.transformer.d_model != self.seanet.dimension:
+            raise ConfigError("the Mimi transformers' d_model must equal the SEANet dimension")
+        if self.frame_size * self.frame_rate != self.sample_rate:
+            raise ConfigError(f"sample_rate / frame_rate = {self.sample_rate / self.frame_rate} is not an integer")
+        if self.frame_size % self.seanet.hop_length:
+            raise ConfigError("the frame size must be a multiple of the SEANet hop length")
+
+    @property
+    def frame_size(self) -> int:
+        """Samples per codec frame (1920 at 24 kHz / 12.5 Hz)."""
+        return int(self.sample_rate / self.frame_rate)
+
+    @property
+    def resample_stride(self) -> int:
+        """Encoder frames per codec frame (2: 25 Hz -> 12.5 Hz)."""
+        return self.frame_size // self.seanet.hop_length
+
+    @classmethod
+    def mimi_202407(cls, num_codebooks: int = 8) -> "MimiConfig":
+        """The published Mimi (`tokenizer-e351c8d8-checkpoint125.safetensors`)."""
+        return cls(
+            seanet=SeanetConfig(),
+            transformer=TransformerConfig(
+                d_model=512,
+                num_heads=8,
+                num_layers=8,
+                dim_feedforward=2048,
+                causal=True,
+                context=250,
+                positional_embedding="rope",
+                max_period=10_000.0,
+                gating="none",
+                norm="layer_norm",
+                layer_scale=0.01,
+            ),
+            num_codebooks=num_codebooks,
+        )
