@@ -1,0 +1,1 @@
+"""Command line: `moshi-mlx <command>`; each command module parses arguments and calls the API."""

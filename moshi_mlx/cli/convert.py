@@ -1,0 +1,36 @@
+"""`moshi-mlx convert SRC OUT_DIR`: any supported LM checkpoint -> our format (optionally quantized)."""
+
+from __future__ import annotations
+
+from .common import ArgumentParser, run
+
+PROG = "moshi-mlx convert"
+
+
+def configure_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Convert a Moshi LM checkpoint (Kyutai torch or MLX bf16/q8/q4, or ours) to a new folder "
+        "with model.safetensors + config.json, copying the tokenizer and Mimi files when present.",
+    )
+    parser.add_argument("src", help="weights file, folder, org/repo or hf://org/repo/file")
+    parser.add_argument("out_dir", help="output folder (must not exist or be empty)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                        help="floating dtype of the output (default: the source's)")
+    parser.add_argument("--quantize", type=int, choices=[4, 8], default=None, dest="bits",
+                        help="quantize Linear and Embedding weights to this many bits")
+    parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=None,
+                        help="quantization group size (default: 32 for 4 bits, 64 for 8 bits)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = configure_parser().parse_args(argv)
+    from ..weights.convert import convert
+
+    out = run(PROG, lambda: convert(args.src, args.out_dir, args.dtype, args.bits, args.group_size))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
