@@ -16,6 +16,7 @@ from ..config import LmConfig
 from ..modules.attention import Cache
 from ..modules.kv_cache import KVCache
 from ..modules.transformer import Transformer, make_norm
+from .loss import LossOutput, lm_loss
 
 
 class ScaledEmbedding(nn.Embedding):
@@ -208,3 +209,11 @@ class Lm(nn.Module):
         logits, mask = undelay_sequence(cfg.delays[1 : 1 + cfg.dep_q], logits)
         mask = mask & (codes[:, 1 : 1 + cfg.dep_q] != cfg.zero_token_id)
         return LmOutput(logits, mask, text_logits, text_mask)
+
+    def loss(
+        self, codes: mx.array, first_codebook_weight: float = 1.0, text_padding_weight: float = 1.0
+    ) -> LossOutput:
+        """Masked cross entropy of undelayed `codes` `[B, K, T]` (see `models/loss.py`); differentiable."""
+        cfg = self.cfg
+        pads = (cfg.existing_text_padding_id, cfg.existing_text_end_padding_id)
+        return lm_loss(self(codes), codes, cfg.dep_q, first_codebook_weight, text_padding_weight, pads)
