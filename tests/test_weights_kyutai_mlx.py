@@ -150,3 +150,10 @@ def test_unknown_layout_is_named(tmp_path):
     mx.save_safetensors(str(path), {"encoder.conv.weight": mx.zeros((2, 2))})
     with pytest.raises(WeightsError, match=rf"^{path}: not a Moshi LM checkpoint .*'encoder.conv.weight'"):
         load_lm(path, config=config())
+
+
+def test_hf_transformers_layout_is_named(tmp_path):
+    path = tmp_path / "hf.safetensors"
+    mx.save_safetensors(str(path), {"decoder.model.norm.weight": mx.ones((4,)), "embed_tokens.0.weight": mx.ones((2, 4))})
+    with pytest.raises(WeightsError, match=rf"^{path}: HF transformers Moshi layout \(key 'decoder.model.norm.weight'\)"):
+        load_lm(path, config=config())

@@ -4,8 +4,9 @@ Layouts are told apart by their keys (`detect_layout`):
 - "kyutai_mlx": Kyutai's MLX files, bf16 or quantized (`audio_embs.*`, `depformer.slices.*`);
 - "kyutai_torch": Kyutai's torch files (`*.alpha` norms, `in_proj_weight`) or a torch `state_dict()`;
 - "moshi_mlx": our own format (`save_lm`), already in our names, possibly quantized.
+HF transformers checkpoints (`decoder.model.*`, `depth_decoder.*`) are recognised and refused.
 Quantization is read from the weights (`.scales` keys) and re-applied to a fresh model before a
-strict load. Loading is lazy: tensors stay memory-mapped until first used.
+strict load. Loading is lazy: tensors are read from the file when first evaluated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..models.lm import Lm
 from .common import WeightsError, read_safetensors, strict_load
 from .kyutai_mlx import convert_kyutai_mlx, is_kyutai_mlx
 from .kyutai_torch import convert_kyutai_torch
-from .quantize import infer_quantization, quantize_for_weights
+from .quantize import infer_quantization, model_quantization, quantize_for_weights
 
 LAYOUTS = ("kyutai_mlx", "kyutai_torch", "moshi_mlx")
 
@@ -32,6 +33,12 @@ def detect_layout(keys: list[str], source: str) -> str:
     """Names the checkpoint layout of an LM state dict from its keys."""
     if is_kyutai_mlx(keys):
         return "kyutai_mlx"
+    hf = next((k for k in keys if k.startswith(("decoder.model.", "depth_decoder."))), None)
+    if hf is not None:
+        raise WeightsError(
+            f"{source}: HF transformers Moshi layout (key {hf!r}) is not supported yet; "
+            "use Kyutai's torch or MLX checkpoints"
+        )
     if any(k.endswith((".alpha", ".in_proj_weight")) or ".self_attn.out_proj." in k for k in keys):
         return "kyutai_torch"
     if any(k.startswith(("text_emb.", "emb.", "transformer.layers.")) for k in keys):
@@ -104,8 +111,6 @@ def load_lm(
 
 
 def _check_recorded_quantization(model: Lm, recorded: object, files: ModelFiles) -> None:
-    from .quantize import model_quantization
-
     found = model_quantization(model)
     want = None
     if isinstance(recorded, dict):
