@@ -122,8 +122,8 @@ def kyutai_stage(out: Path, torch_ckpt: Path, seed: int, steps: int) -> None:
             text, audio = run(model)
             refs[f"{name}.{dtype_name}.text_logits"] = text  # [B, T, text_card]
             refs[f"{name}.{dtype_name}.audio_logits"] = audio  # [B, dep_q, T, card]
-    mx.save_safetensors(str(out / "reference.safetensors"), refs,
-                        metadata={"seed": str(seed), "producer": "Kyutai moshi_mlx 0.3.0 (convert/make_kyutai_mlx_fixture.py)"})
+    producer = "Kyutai moshi_mlx 0.3.0 (convert/make_kyutai_mlx_fixture.py)"
+    mx.save_safetensors(str(out / "reference.safetensors"), refs, metadata={"seed": str(seed), "producer": producer})
 
 
 def main() -> None:

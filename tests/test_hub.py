@@ -60,7 +60,8 @@ def test_config_names_override_defaults(tmp_path):
     (folder / "codec.safetensors").write_bytes(b"mimi")
     (folder / "config.json").write_text(json.dumps(config))
     files = resolve(folder)
-    assert (files.lm.name, files.tokenizer.name, files.mimi.name) == ("lm.safetensors", "spm.model", "codec.safetensors")
+    names = (files.lm.name, files.tokenizer.name, files.mimi.name)
+    assert names == ("lm.safetensors", "spm.model", "codec.safetensors")
     assert files.lm_config().transformer.d_model == 64
     assert load_lm(folder).cfg.dep_q == 3
 

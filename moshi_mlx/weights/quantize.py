@@ -57,7 +57,8 @@ def infer_quantization(
             )
         if rem_group or group not in SUPPORTED_GROUP_SIZES:
             raise WeightsError(
-                f"{source}: key {origin.get(key, key)!r} has shape {tuple(scales.shape)}, not a group size of {in_dim} inputs"
+                f"{source}: key {origin.get(key, key)!r} has shape {tuple(scales.shape)}, "
+                f"not a group size of {in_dim} inputs"
             )
         if found is None:
             found, first = (group, bits), origin.get(key, key)
