@@ -11,6 +11,7 @@ from .common import fail
 COMMANDS: dict[str, str] = {
     "convert": "moshi_mlx.cli.convert",
     "quantize": "moshi_mlx.cli.quantize",
+    "bench": "moshi_mlx.cli.bench",
 }
 
 USAGE = "usage: moshi-mlx {" + ",".join(COMMANDS) + "} ... (moshi-mlx <command> --help for details)"
