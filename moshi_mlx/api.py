@@ -1,0 +1,234 @@
+"""transformers-style API: `MoshiForConditionalGeneration.generate` and `MoshiForCausalLM`.
+
+Both drive the same streaming code as the real-time apps (`LmGen.step`, `helium.stream_text`).
+
+Alignment of a prompt follows transformers (and training): frame f of `input_ids`,
+`moshi_audio_codes` and `user_audio_codes` describe the same 80 ms. With `LmGen`'s torch
+semantics (a user frame is fed in the step it arrives, as frame `step - 1`), user frame f is
+therefore passed at step f + 1, and Moshi's own prompt tokens are teacher-forced at the steps
+that would sample them. Once the user prompt runs out, the user stream is silence: like
+transformers, the codes of one frame (1920 samples) of zeros encoded by the Mimi codec
+(`user_silence_codes` overrides this, e.g. when no codec is attached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from .generate import LmGen
+from .helium import generate_text
+from .models.lm import Lm
+from .sampling import make_sampler
+from .tokenizer import Tokenizer
+
+FRAME_SIZE = 1920  # samples per 80 ms frame at 24 kHz
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate` returns (transformers `MoshiConditionalGenerationGenerateOutput`)."""
+
+    sequences: mx.array  # [B, P + N] text ids: the prompt's frames, then generated ones
+    audio_codes: mx.array  # [B, dep_q, P + N] Moshi's audio codes, aligned with `sequences`
+    audio_sequences: mx.array | None = None  # [B, 1, (P + N) * 1920] waveform (needs a Mimi)
+
+
+def _mimi_encode(mimi: Any, pcm: np.ndarray) -> np.ndarray:
+    """Codes `[B, K, T]` of float32 audio `[B, 1, S]` (MLX Mimi takes mx arrays, rustymimi numpy)."""
+    try:
+        codes = mimi.encode(mx.array(pcm))
+    except TypeError:
+        codes = mimi.encode(np.ascontiguousarray(pcm, dtype=np.float32))
+    return np.asarray(codes).astype(np.int64)
+
+
+def _mimi_decode(mimi: Any, codes: mx.array) -> mx.array:
+    try:
+        pcm = mimi.decode(codes.astype(mx.int32))
+    except TypeError:
+        pcm = mimi.decode(np.ascontiguousarray(np.array(codes), dtype=np.uint32))
+    return mx.array(np.asarray(pcm, dtype=np.float32)) if not isinstance(pcm, mx.array) else pcm
+
+
+def _pad_to_frames(pcm: np.ndarray) -> np.ndarray:
+    pcm = np.asarray(pcm, dtype=np.float32)
+    if pcm.ndim != 3 or pcm.shape[1] != 1:
+        raise ValueError(f"audio input values must be [B, 1, samples], got {pcm.shape}")
+    extra = -pcm.shape[-1] % FRAME_SIZE
+    return np.pad(pcm, ((0, 0), (0, 0), (0, extra))) if extra else pcm
+
+
+class MoshiForConditionalGeneration:
+    """Moshi LM + optional Mimi codec with transformers' `generate` signature."""
+
+    def __init__(self, lm: Lm, mimi: Any | None = None):
+        self.lm = lm
+        self.mimi = mimi
+
+    @property
+    def num_user_codebooks(self) -> int:
+        return self.lm.cfg.n_q - self.lm.cfg.dep_q
+
+    def get_unconditional_inputs(self, num_samples: int = 1) -> dict[str, mx.array]:
+        """One frame of initial tokens per sample (transformers `get_unconditional_inputs`)."""
+        cfg = self.lm.cfg
+        return dict(
+            input_ids=mx.full((num_samples, 1), cfg.text_initial_token_id, mx.int32),
+            user_audio_codes=mx.full((num_samples, self.num_user_codebooks, 1), cfg.initial_token_id, mx.int32),
+            moshi_audio_codes=mx.full((num_samples, cfg.dep_q, 1), cfg.initial_token_id, mx.int32),
+        )
+
+    def _codes(self, codes: Any, values: Any, count: int, name: str) -> np.ndarray | None:
+        if codes is not None:
+            arr = np.asarray(codes).astype(np.int64)
+        elif values is not None:
+            if self.mimi is None:
+                raise ValueError(f"{name}_input_values needs a Mimi codec; pass {name}_audio_codes instead")
+            arr = _mimi_encode(self.mimi, _pad_to_frames(np.asarray(values)))
+        else:
+            return None
+        if arr.ndim != 3 or arr.shape[1] < count:
+            raise ValueError(f"{name} audio codes must be [B, >={count}, T], got {arr.shape}")
+        return arr[:, :count]
+
+    def silence_codes(self, batch_size: int) -> np.ndarray:
+        """User codes `[B, n_user]` of one frame of silence, encoded by the attached Mimi."""
+        if self.mimi is None:
+            raise ValueError("the user stream needs silence codes: attach a Mimi or pass user_silence_codes")
+        pcm = np.zeros((batch_size, 1, FRAME_SIZE), dtype=np.float32)
+        return _mimi_encode(self.mimi, pcm)[:, : self.num_user_codebooks, 0]
+
+    def generate(
+        self,
+        input_ids: Any = None,
+        user_audio_codes: Any = None,
+        user_input_values: Any = None,
+        moshi_audio_codes: Any = None,
+        moshi_input_values: Any = None,
+        max_new_tokens: int = 50,
+        do_sample: bool = True,
+        temperature: float = 0.8,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        text_temperature: float = 0.7,
+        text_top_k: int = 25,
+        text_top_p: float = 0.0,
+        seed: int | None = None,
+        user_silence_codes: Any = None,
+        return_audio_waveforms: bool = True,
+    ) -> GenerateOutput:
+        """Continues a (text, Moshi audio, user audio) prompt by `max_new_tokens` frames.
+
+        Args:
+            input_ids: ``[B, P]`` text prompt.
+            user_audio_codes: ``[B, n_q - dep_q, P]`` user audio codes (or ``user_input_values``
+                ``[B, 1, samples]`` at 24 kHz, encoded with the attached Mimi).
+            moshi_audio_codes: ``[B, dep_q, P]`` Moshi audio codes (or ``moshi_input_values``).
+            max_new_tokens: Frames (text tokens) to generate after the prompt.
+            do_sample: Sample (``True``) or decode greedily.
+            temperature, top_k, top_p: Audio sampling (Kyutai defaults 0.8, 250, off).
+            text_temperature, text_top_k, text_top_p: Text sampling (0.7, 25, off).
+            seed: Seed of the generator's own random key (reproducible); None uses the
+                global ``mx.random`` state.
+            user_silence_codes: ``[n_q - dep_q]`` or ``[B, n_q - dep_q]`` codes for the user
+                stream after the prompt; default: the Mimi encoding of one silent frame.
+            return_audio_waveforms: Decode ``audio_codes`` with the Mimi (when attached).
+
+        Returns:
+            A ``GenerateOutput``; with no prompt at all, generation starts from the initial
+            tokens alone (P = 0).
+        """
+        cfg = self.lm.cfg
+        text = None if input_ids is None else np.asarray(input_ids).astype(np.int64)
+        user = self._codes(user_audio_codes, user_input_values, self.num_user_codebooks, "user")
+        moshi = self._codes(moshi_audio_codes, moshi_input_values, cfg.dep_q, "moshi")
+        given = [x is not None for x in (text, user, moshi)]
+        if any(given) and not all(given):
+            raise ValueError("pass all three prompts (input_ids, user audio, moshi audio) or none of them")
+        if all(given):
+            if text.ndim != 2:
+                raise ValueError(f"input_ids must be [B, P], got {text.shape}")
+            frames = {text.shape[1], user.shape[2], moshi.shape[2]}
+            if len(frames) != 1:
+                raise ValueError(
+                    f"prompt streams differ in length: input_ids {text.shape[1]}, user audio "
+                    f"{user.shape[2]}, moshi audio {moshi.shape[2]} frames"
+                )
+            B, P = text.shape
+            if user.shape[0] != B or moshi.shape[0] != B:
+                raise ValueError("prompt streams differ in batch size")
+        else:
+            B, P = 1, 0
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+        silence = self.silence_codes(B) if user_silence_codes is None else np.asarray(user_silence_codes)
+        silence = np.broadcast_to(silence.astype(np.int64), (B, self.num_user_codebooks))
+        prompt = None
+        if P:
+            prompt = np.concatenate([text[:, None], moshi], axis=1)  # [B, 1 + dep_q, P]
+
+        if do_sample:
+            text_sampler = make_sampler(text_temperature, text_top_k, text_top_p)
+            audio_sampler = make_sampler(temperature, top_k, top_p)
+        else:
+            text_sampler = audio_sampler = make_sampler(0.0)
+        gen = LmGen(self.lm, text_sampler, audio_sampler, batch_size=B, seed=seed)
+        total = P + max_new_tokens
+        delays = np.array(cfg.delays[: 1 + cfg.dep_q])
+        frames_out: list[mx.array] = []
+        for step in range(total + cfg.max_delay):
+            f_user = step - 1  # the user frame LmGen treats as simultaneous with this step
+            user_frame = user[:, :, f_user] if 0 <= f_user < P else silence
+            force = None
+            own = step - delays  # frame each generated stream samples at this step
+            if prompt is not None and ((own >= 0) & (own < P)).any():
+                forced = np.full((B, 1 + cfg.dep_q), cfg.ungenerated_token_id, dtype=np.int64)
+                for k, f in enumerate(own):
+                    if 0 <= f < P:
+                        forced[:, k] = prompt[:, k, f]
+                force = mx.array(forced.astype(np.int32))
+            out = gen.step(mx.array(user_frame.astype(np.int32)), force)
+            if out is not None and len(frames_out) < total:
+                frames_out.append(out)
+        tokens = mx.stack(frames_out, axis=2) if frames_out else mx.zeros((B, 1 + cfg.dep_q, 0), mx.int32)
+        audio_codes = tokens[:, 1:]
+        waveform = None
+        if return_audio_waveforms and self.mimi is not None and total > 0:
+            waveform = _mimi_decode(self.mimi, audio_codes)
+        return GenerateOutput(tokens[:, 0], audio_codes, waveform)
+
+
+class MoshiForCausalLM:
+    """Text-only generation with the LM's text stream (Helium), transformers-style."""
+
+    def __init__(self, lm: Lm, tokenizer: Tokenizer | None = None):
+        self.lm = lm
+        self.tokenizer = tokenizer
+
+    def generate(
+        self,
+        input_ids: Any = None,
+        prompt: str | None = None,
+        max_new_tokens: int = 50,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> mx.array:
+        """Prompt ids ``[B, T]`` (or a `prompt` string, encoded with BOS) continued by up to
+        `max_new_tokens` tokens; returns ``[B, T + N]`` ids. Greedy unless `do_sample`."""
+        if (input_ids is None) == (prompt is None):
+            raise ValueError("pass exactly one of input_ids or prompt")
+        if prompt is not None:
+            if self.tokenizer is None:
+                raise ValueError("a string prompt needs a tokenizer")
+            input_ids = [self.tokenizer.encode(prompt, bos=True)]
+        sampler = make_sampler(temperature, top_k, top_p) if do_sample else make_sampler(0.0)
+        return generate_text(self.lm, input_ids, max_new_tokens, sampler, seed, eos_token_id)
