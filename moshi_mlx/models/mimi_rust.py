@@ -1,0 +1,94 @@
+"""Mimi served by Kyutai's Rust implementation (`rustymimi`, CPU), behind our `Mimi` interface.
+
+`moshi_mlx.weights.mimi.load_mimi_backend(path, backend="mlx" | "rust")` picks one.
+Inputs may be mx or numpy arrays; outputs are mx arrays: codes int32 `[B, K, T]`, pcm float32
+`[B, 1, T * 1920]`, exactly as `moshi_mlx.models.mimi.Mimi`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import mlx.core as mx
+import numpy as np
+
+from ..config import MimiConfig
+
+FRAME_SIZE = MimiConfig.mimi_202407().frame_size
+BINS = MimiConfig.mimi_202407().quantizer_bins
+
+
+class MimiLike(Protocol):
+    """What a Mimi backend offers."""
+
+    num_codebooks: int
+
+    def encode(self, pcm: mx.array | np.ndarray) -> mx.array: ...
+    def decode(self, codes: mx.array | np.ndarray) -> mx.array: ...
+    def encode_step(self, pcm: mx.array | np.ndarray) -> mx.array: ...
+    def decode_step(self, codes: mx.array | np.ndarray) -> mx.array: ...
+    def reset(self) -> None: ...
+
+
+def _pcm(pcm: mx.array | np.ndarray, name: str, frames: int | None) -> np.ndarray:
+    x = np.asarray(pcm)
+    if x.ndim != 3 or x.shape[1] != 1:
+        raise ValueError(f"{name}: expected pcm [B, 1, T], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected float pcm, got dtype {x.dtype} for shape {x.shape}")
+    T = x.shape[-1]
+    if frames is not None and T != frames * FRAME_SIZE:
+        raise ValueError(f"{name}: expected pcm [B, 1, {frames * FRAME_SIZE}], got shape {x.shape}")
+    if T == 0 or T % FRAME_SIZE:
+        raise ValueError(f"{name}: pcm length {T} (shape {x.shape}) is not a positive multiple of {FRAME_SIZE} samples")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _codes(codes: mx.array | np.ndarray, name: str, num_codebooks: int, frames: int | None) -> np.ndarray:
+    c = np.asarray(codes)
+    if c.ndim != 3 or not 1 <= c.shape[1] <= num_codebooks or c.shape[2] == 0:
+        raise ValueError(f"{name}: expected codes [B, K<={num_codebooks}, T>0], got shape {c.shape}")
+    if frames is not None and c.shape[2] != frames:
+        raise ValueError(f"{name}: expected codes [B, K, {frames}], got shape {c.shape}")
+    if not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"{name}: expected integer codes, got dtype {c.dtype} for shape {c.shape}")
+    if c.min() < 0 or c.max() >= BINS:
+        raise ValueError(f"{name}: codes of shape {c.shape} range over [{c.min()}, {c.max()}], outside [0, {BINS - 1}]")
+    return np.ascontiguousarray(c, dtype=np.uint32)
+
+
+class RustMimi:
+    """`rustymimi.Tokenizer` (fp32, CPU) with the same methods, shapes and dtypes as our `Mimi`."""
+
+    def __init__(self, path: str | Path, num_codebooks: int = 8):
+        import rustymimi
+
+        self.path = str(path)
+        self.num_codebooks = num_codebooks
+        self._tokenizer = rustymimi.Tokenizer(self.path, num_codebooks=num_codebooks)
+
+    def encode(self, pcm: mx.array | np.ndarray) -> mx.array:
+        """pcm `[B, 1, T]` -> codes `[B, K, T / 1920]` int32."""
+        return mx.array(self._tokenizer.encode(_pcm(pcm, "RustMimi.encode", None)).astype(np.int32))
+
+    def decode(self, codes: mx.array | np.ndarray) -> mx.array:
+        """codes `[B, K, T]` -> pcm `[B, 1, T * 1920]` float32."""
+        return mx.array(self._tokenizer.decode(_codes(codes, "RustMimi.decode", self.num_codebooks, None)))
+
+    def encode_step(self, pcm: mx.array | np.ndarray) -> mx.array:
+        """The next frame: pcm `[B, 1, 1920]` -> codes `[B, K, 1]` int32."""
+        codes = self._tokenizer.encode_step(_pcm(pcm, "RustMimi.encode_step", 1))
+        if codes is None:
+            raise RuntimeError("rustymimi produced no codes for a full frame")
+        return mx.array(codes.astype(np.int32))
+
+    def decode_step(self, codes: mx.array | np.ndarray) -> mx.array:
+        """The next frame: codes `[B, K, 1]` -> pcm `[B, 1, 1920]` float32."""
+        pcm = self._tokenizer.decode_step(_codes(codes, "RustMimi.decode_step", self.num_codebooks, 1))
+        if pcm is None:
+            raise RuntimeError("rustymimi produced no audio for a full frame")
+        return mx.array(pcm)
+
+    def reset(self) -> None:
+        self._tokenizer.reset()
