@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+
+# torch's OpenMP workers busy-wait after each op and starve the MLX tests that follow (about 10x
+# slower on 2 cores); must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import mlx.core as mx
 import numpy as np

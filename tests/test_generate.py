@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 
-# torch's OpenMP workers busy-wait after each op and starve MLX on small CPU boxes.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402

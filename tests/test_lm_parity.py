@@ -87,13 +87,14 @@ def test_streaming_equals_batch(name, tmp_path):
 def torch_stream(ref, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """torch moshi's own streaming path (ring KV cache of `context` steps), teacher-forced."""
     from moshi.models.lm_utils import _delay_sequence
+    from moshi.utils.compile import no_compile
 
     B, K, T = codes.shape
     initial = ref._get_initial_token().expand(B, -1, -1)
     delayed = _delay_sequence(ref.delays, torch.from_numpy(codes), initial)
     delayed = torch.cat([initial, delayed], dim=2)
     text, audio = [], []
-    with torch.no_grad(), ref.streaming(B):
+    with torch.no_grad(), no_compile(), ref.streaming(B):
         for t in range(T):
             hidden, text_logits = ref.forward_text(delayed[:, :, t : t + 1])
             per_k = []
