@@ -27,7 +27,7 @@ ACTIVATIONS = ("none", "silu", "gelu", "relu", "sigmoid", "tanh", "elu", "leaky_
 # Keys of a Kyutai config.json that describe files and front-end settings, not the network.
 _METADATA_KEYS = frozenset({
     "moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
-    "lm_gen_config", "tts_config", "stt_config", "model_id",
+    "lm_gen_config", "tts_config", "stt_config", "model_id", "quantization",
 })
 
 
