@@ -46,3 +46,15 @@ def test_fixture_codebooks_are_diverse():
     # Every used codebook emits many distinct codes on speech (not a degenerate random model).
     distinct = ref.distinct_codes(ref.torch_batch(FRAMES).codes)
     assert min(distinct) >= FRAMES // 2, distinct
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_full_asset_matches_torch(mode):
+    """The whole 7.68 s asset (96 frames, under the 10 s transformer context)."""
+    frames = 96
+    expected, got = (f(frames) for f in MODES[mode])
+    assert np.abs(got.latent - expected.latent).max() <= LATENT_ATOL
+    report = ref.compare_codes(expected.latent, expected.codes, got.codes)
+    assert report.not_near_tie == [] and report.agreement >= MIN_AGREEMENT, report
+    assert np.abs(got.pcm - expected.pcm).max() <= PCM_ATOL
