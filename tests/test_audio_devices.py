@@ -47,7 +47,7 @@ def test_duplex_loop_on_real_devices(tmp_path):
     expected = elapsed * 12.5
     # Device start-up and buffering ('high' latency) cost a few frames; clock jitter a few more.
     assert 0.8 * expected <= s.frames_in <= expected + 2, (s.summary(), expected)
-    assert s.frames_processed + s.frames_dropped_in == s.frames_in
+    assert s.frames_processed + s.frames_dropped_in + s.frames_pending == s.frames_in
     assert s.frames_out >= s.frames_processed - 1 - 1
     recorded = np.fromfile(tmp_path / "out.raw", dtype=np.float32)
     # The speech came back out of the speaker. An underrun inserts silence and shifts what
@@ -67,3 +67,33 @@ def best_correlation(recorded: np.ndarray, window: np.ndarray) -> float | None:
     lag = int(np.argmax(scores[: len(recorded) - len(window) + 1]))
     seg = recorded[lag : lag + len(window)]
     return float(np.dot(seg, window) / (np.linalg.norm(seg) * np.linalg.norm(window) + 1e-9))
+
+
+def test_chat_with_tiny_moshi_on_real_devices(tmp_path):
+    """`moshi-mlx chat`'s loop end to end: a tiny random Moshi hears speech and answers aloud."""
+    start_virtual_devices()
+    from moshi_mlx.audio.chat import chat
+    from moshi_mlx.audio.conversation import Conversation, SamplingParams
+    from tiny_model import tiny_model_dir
+
+    conversation = Conversation.from_pretrained(tiny_model_dir(), "rust", sampling=SamplingParams(seed=0))
+    recorder = record_speaker(tmp_path / "out.raw")
+    import threading
+
+    player = threading.Timer(1.0, play_into_microphone, args=(SPEECH,))
+    player.start()
+    duration = 6.0
+    stats = chat(conversation, duration=duration, out=open(tmp_path / "text.txt", "w"))
+    player.join()
+    recorder.terminate()
+    recorder.wait()
+    print(stats.summary())
+    expected = duration * 12.5
+    assert 0.8 * expected <= stats.frames_in <= expected + 3, stats.summary()
+    # Every frame that arrived was processed, dropped because the model was behind, or still
+    # queued when the loop stopped.
+    assert stats.frames_processed + stats.frames_dropped_in + stats.frames_pending == stats.frames_in
+    assert stats.frames_pending <= 6  # the backlog bound (3) plus what arrives during one slow step
+    assert stats.frames_processed >= 10 and stats.frames_out == stats.frames_processed - 1
+    recorded = np.fromfile(tmp_path / "out.raw", dtype=np.float32)
+    assert np.abs(recorded).max() > 1e-3, "nothing came out of the speaker"

@@ -12,7 +12,7 @@ from typing import Iterator
 from .duplex import DuplexLoop
 
 
-class AudioDeviceError(RuntimeError):
+class AudioDeviceError(OSError):
     """No usable audio device; the message says which one and why."""
 
 

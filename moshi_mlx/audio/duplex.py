@@ -74,6 +74,7 @@ class DuplexStats:
     frames_in: int = 0
     frames_processed: int = 0
     frames_dropped_in: int = 0
+    frames_pending: int = 0  # arrived but neither processed nor dropped when the loop stopped
     frames_out: int = 0
     samples_dropped_out: int = 0
     output_underruns: int = 0
@@ -83,7 +84,7 @@ class DuplexStats:
         steps = np.array(self.step_ms) if self.step_ms else np.zeros(1)
         return (
             f"frames in {self.frames_in}, processed {self.frames_processed}, dropped (model behind) "
-            f"{self.frames_dropped_in}, out {self.frames_out}, output underruns {self.output_underruns}, "
+            f"{self.frames_dropped_in}, pending at stop {self.frames_pending}, out {self.frames_out}, output underruns {self.output_underruns}, "
             f"output dropped {self.samples_dropped_out} samples; step ms median {np.median(steps):.1f} "
             f"p95 {np.percentile(steps, 95):.1f}"
         )
@@ -116,6 +117,7 @@ class DuplexLoop:
         self._started_output = False
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
+        self._ready = threading.Event()
         self.error: BaseException | None = None
 
     # Audio-callback side -------------------------------------------------------------------------
@@ -171,20 +173,34 @@ class DuplexLoop:
             self.on_text(result.text)
         return True
 
-    def _run(self) -> None:
+    def _run(self, prepare: Callable[[], None] | None) -> None:
         try:
+            if prepare is not None:
+                prepare()
+            self._ready.set()
             while self._running.is_set():
                 self.process_available()
-        except BaseException as e:  # surfaced by `stop()`/`check()` on the main thread
+        except BaseException as e:  # surfaced by `stop()` on the main thread
             self.error = e
             self._running.clear()
+            self._ready.set()
 
-    def start(self) -> None:
+    def start(self, prepare: Callable[[], None] | None = None, wait: bool = True) -> None:
+        """Starts the model thread; `prepare` (e.g. a warm-up) runs first on that thread.
+
+        MLX streams are per thread, so all model work, warm-up included, happens there; with
+        `wait`, returns once `prepare` is done (input arriving earlier would only pile up).
+        """
         if self._thread is not None:
             raise RuntimeError("the loop is already running")
         self._running.set()
-        self._thread = threading.Thread(target=self._run, name="moshi-model", daemon=True)
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, args=(prepare,), name="moshi-model", daemon=True)
         self._thread.start()
+        if wait:
+            self._ready.wait()
+            if self.error is not None:
+                self.stop()
 
     @property
     def running(self) -> bool:
@@ -195,5 +211,6 @@ class DuplexLoop:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.stats.frames_pending = self._frames.qsize()
         if self.error is not None:
             raise RuntimeError(f"the model thread failed: {self.error!r}") from self.error

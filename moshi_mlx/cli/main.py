@@ -9,6 +9,8 @@ from .common import fail
 
 # Command name -> module with `main(argv)`. Add new commands here.
 COMMANDS: dict[str, str] = {
+    "chat": "moshi_mlx.cli.chat",
+    "run": "moshi_mlx.cli.run",
     "convert": "moshi_mlx.cli.convert",
     "quantize": "moshi_mlx.cli.quantize",
     "bench": "moshi_mlx.cli.bench",

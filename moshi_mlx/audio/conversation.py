@@ -1,0 +1,134 @@
+"""One full-duplex conversation, frame by frame: the user's 80 ms of audio in, Moshi's text and
+80 ms of audio out. The chat loop, the file runner and the benchmark all drive this class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..generate import LmGen
+from ..hub import DEFAULT_REPO, resolve
+from ..models.mimi_rust import MimiLike
+from ..sampling import make_sampler
+from ..tokenizer import Tokenizer
+from ..weights.load import load_lm
+from ..weights.mimi import load_mimi_backend
+
+
+class TextStream(Protocol):
+    """Turns text tokens into text one at a time (e.g. `Tokenizer.streaming()`)."""
+
+    def push(self, token: int) -> str: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class SamplingParams:
+    """Kyutai's defaults: text temperature 0.7, top-k 25; audio temperature 0.8, top-k 250."""
+
+    text_temp: float = 0.7
+    text_top_k: int = 25
+    audio_temp: float = 0.8
+    audio_top_k: int = 250
+    seed: int | None = None
+
+
+@dataclass
+class FrameResult:
+    """Output of one step: the text piece ('' when silent) and Moshi's audio (None while the
+    delays fill, i.e. during the first `max_delay` steps)."""
+
+    text: str
+    text_token: int | None
+    pcm: np.ndarray | None
+
+
+class Conversation:
+    """Mimi encode -> `LmGen.step` -> Mimi decode, with one evaluation boundary per frame."""
+
+    def __init__(
+        self,
+        lm_gen: LmGen,
+        mimi: MimiLike,
+        text: TextStream | None = None,
+        frame_size: int = 1920,
+    ):
+        cfg = lm_gen.lm.cfg
+        self.lm_gen = lm_gen
+        self.mimi = mimi
+        self.frame_size = frame_size
+        self.text = text
+        # PAD and end-of-padding tokens print nothing (Kyutai's clients do the same).
+        self.silent_tokens = {cfg.existing_text_padding_id, cfg.existing_text_end_padding_id}
+        self.steps = 0
+
+    def reset(self) -> None:
+        """Starts a new conversation without reloading any weights."""
+        self.lm_gen.reset()
+        self.mimi.reset()
+        if self.text is not None:
+            self.text.reset()
+        self.steps = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path = DEFAULT_REPO,
+        mimi_backend: str = "rust",
+        dtype: mx.Dtype | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> "Conversation":
+        """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or weights file)."""
+        sampling = sampling or SamplingParams()
+        files = resolve(source)
+        lm = load_lm(source, dtype=dtype, files=files)
+        cfg = lm.cfg
+        mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks=max(cfg.dep_q, cfg.n_q - cfg.dep_q))
+        tokenizer = Tokenizer(files.tokenizer)
+        gen = LmGen(
+            lm,
+            make_sampler(sampling.text_temp, top_k=sampling.text_top_k),
+            make_sampler(sampling.audio_temp, top_k=sampling.audio_top_k),
+            seed=sampling.seed,
+        )
+        return cls(gen, mimi, tokenizer.streaming(skip_ids=(cfg.existing_text_padding_id,
+                                                            cfg.existing_text_end_padding_id)))
+
+    def materialize(self) -> None:
+        """Evaluates the weights and state now, on this thread. MLX streams are per thread: lazy
+        arrays must be evaluated by the thread that created them before another thread uses them."""
+        arrays = [self.lm_gen.lm.parameters(), self.lm_gen.tokens]
+        if isinstance(self.mimi, nn.Module):
+            arrays.append(self.mimi.parameters())
+        mx.eval(arrays)
+
+    def warmup(self, frames: int = 4) -> None:
+        """Runs a few silent frames (compiles kernels, fills allocator caches), then resets."""
+        silence = np.zeros(self.frame_size, dtype=np.float32)
+        for _ in range(frames):
+            self.step(silence)
+        self.reset()
+
+    def step(self, pcm: np.ndarray) -> FrameResult:
+        """Processes one frame of `frame_size` float32 samples of the user's voice (24 kHz mono)."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if pcm.shape[0] != self.frame_size:
+            raise ValueError(f"expected a frame of {self.frame_size} samples, got {pcm.shape[0]}")
+        codes = self.mimi.encode_step(pcm[None, None, :])
+        tokens = self.lm_gen.step(codes[:, : self.lm_gen.num_user_codebooks, 0])
+        self.steps += 1
+        if tokens is None:
+            return FrameResult("", None, None)
+        out = self.mimi.decode_step(tokens[:, 1:, None])
+        mx.eval(tokens, out)  # the one evaluation boundary of the frame (MLX Mimi)
+        token = int(np.array(tokens[0, 0]))
+        text = ""
+        if token not in self.silent_tokens and self.text is not None:
+            text = self.text.push(token)
+        return FrameResult(text, token, np.asarray(out, dtype=np.float32).reshape(-1))

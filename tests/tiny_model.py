@@ -1,0 +1,26 @@
+"""A tiny random Moshi folder in Kyutai's repo layout (built once per session by the tests)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def tiny_model_dir() -> Path:
+    """LM + tokenizer + speech-fitted random Mimi, via `convert/make_tiny_model.py` (needs torch)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("moshi")
+    import mimi_reference
+
+    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "convert" / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = Path(tempfile.mkdtemp(prefix="moshi_mlx_tiny_")) / "tiny-moshi"
+    return module.make_tiny_model(out, seed=0, mimi=mimi_reference.fixture_path())
