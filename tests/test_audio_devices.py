@@ -34,12 +34,12 @@ def test_duplex_loop_on_real_devices(tmp_path):
     loop = DuplexLoop(Echo())
     recorder = record_speaker(tmp_path / "out.raw")
     start = time.perf_counter()
+    loop.start()
     with open_streams(loop):
-        loop.start()
         time.sleep(0.5)
         play_into_microphone(SPEECH)
         time.sleep(1.0)
-        loop.stop()
+    loop.stop()  # after the devices closed, so the frame accounting is final
     elapsed = time.perf_counter() - start
     recorder.terminate()
     recorder.wait()

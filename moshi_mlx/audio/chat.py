@@ -29,15 +29,15 @@ def chat(
     loop = DuplexLoop(conversation, on_text=show, frame_size=conversation.frame_size)
     loop.start(prepare=conversation.warmup)
     start = time.monotonic()
-    with open_streams(loop, input_device=input_device, output_device=output_device):
-        try:
+    try:
+        with open_streams(loop, input_device=input_device, output_device=output_device):
             while loop.running and not should_stop():
                 if duration is not None and time.monotonic() - start >= duration:
                     break
                 time.sleep(0.05)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            loop.stop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()  # after the devices closed, so the frame accounting is final
     out.write("\n")
     return loop.stats
