@@ -14,7 +14,7 @@ import numpy as np
 from ..generate import LmGen
 from ..hub import DEFAULT_REPO, resolve
 from ..models.mimi_rust import MimiLike
-from ..sampling import make_sampler
+from ..sampling import audio_sampler, text_sampler
 from ..tokenizer import Tokenizer
 from ..weights.load import load_lm
 from ..weights.mimi import load_mimi_backend
@@ -93,8 +93,8 @@ class Conversation:
         tokenizer = Tokenizer(files.tokenizer)
         gen = LmGen(
             lm,
-            make_sampler(sampling.text_temp, top_k=sampling.text_top_k),
-            make_sampler(sampling.audio_temp, top_k=sampling.audio_top_k),
+            text_sampler(sampling.text_temp, sampling.text_top_k),
+            audio_sampler(sampling.audio_temp, sampling.audio_top_k),
             seed=sampling.seed,
         )
         return cls(gen, mimi, tokenizer.streaming(skip_ids=(cfg.existing_text_padding_id,
