@@ -24,12 +24,16 @@ def configure_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = configure_parser().parse_args(argv)
+def convert_from_args(prog: str, args) -> None:
+    """Runs the conversion the parsed `args` ask for (shared with `moshi-mlx quantize`)."""
     from ..weights.convert import convert
 
-    out = run(PROG, lambda: convert(args.src, args.out_dir, args.dtype, args.bits, args.group_size))
+    out = run(prog, lambda: convert(args.src, args.out_dir, args.dtype, args.bits, args.group_size))
     print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    convert_from_args(PROG, configure_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

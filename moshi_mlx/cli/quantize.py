@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import ArgumentParser, run
+from .common import ArgumentParser
+from .convert import convert_from_args
 
 PROG = "moshi-mlx quantize"
 
@@ -23,11 +24,7 @@ def configure_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = configure_parser().parse_args(argv)
-    from ..weights.convert import convert
-
-    out = run(PROG, lambda: convert(args.src, args.out_dir, args.dtype, args.bits, args.group_size))
-    print(f"wrote {out}")
+    convert_from_args(PROG, configure_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,48 @@ def _as_array(x: mx.array | np.ndarray, name: str) -> mx.array:
     raise TypeError(f"{name}: expected an mx.array or numpy array, got {type(x).__name__}")
 
 
+def _is_kind(x: mx.array | np.ndarray, kind: str) -> bool:
+    if isinstance(x, np.ndarray):
+        return np.issubdtype(x.dtype, np.floating if kind == "float" else np.integer)
+    return mx.issubdtype(x.dtype, mx.floating if kind == "float" else mx.integer)
+
+
+def check_pcm(pcm: mx.array | np.ndarray, name: str, channels: int, frame_size: int, frames: int | None) -> None:
+    """Raises a one-line ValueError unless `pcm` is float `[B, channels, T]`, T a positive multiple
+    of `frame_size` (exactly `frames` frames when given)."""
+    shape = tuple(pcm.shape)
+    if len(shape) != 3 or shape[1] != channels:
+        raise ValueError(f"{name}: expected pcm [B, {channels}, T], got shape {shape}")
+    if not _is_kind(pcm, "float"):
+        raise ValueError(f"{name}: expected float pcm, got dtype {pcm.dtype} for shape {shape}")
+    T = shape[-1]
+    if frames is not None and T != frames * frame_size:
+        raise ValueError(f"{name}: expected pcm [B, {channels}, {frames * frame_size}], got shape {shape}")
+    if T == 0 or T % frame_size:
+        raise ValueError(
+            f"{name}: pcm length {T} (shape {shape}) is not a positive multiple of {frame_size} samples; "
+            "pad the end with zeros"
+        )
+
+
+def check_codes(
+    codes: mx.array | np.ndarray, name: str, num_codebooks: int, bins: int, frames: int | None, check_range: bool
+) -> None:
+    """Raises a one-line ValueError unless `codes` are integers `[B, K <= num_codebooks, T > 0]`
+    (exactly `frames` frames when given) and, with `check_range`, within `[0, bins)`."""
+    shape = tuple(codes.shape)
+    if len(shape) != 3 or not 1 <= shape[1] <= num_codebooks or shape[2] == 0:
+        raise ValueError(f"{name}: expected codes [B, K<={num_codebooks}, T>0], got shape {shape}")
+    if frames is not None and shape[2] != frames:
+        raise ValueError(f"{name}: expected codes [B, K, {frames}], got shape {shape}")
+    if not _is_kind(codes, "int"):
+        raise ValueError(f"{name}: expected integer codes, got dtype {codes.dtype} for shape {shape}")
+    if check_range:
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= bins:
+            raise ValueError(f"{name}: codes of shape {shape} range over [{lo}, {hi}], outside [0, {bins - 1}]")
+
+
 class Mimi(nn.Module):
     """The Mimi codec; parameters are named after torch moshi's modules (see `weights/mimi.py`)."""
 
@@ -67,36 +109,15 @@ class Mimi(nn.Module):
 
     def _check_pcm(self, pcm: mx.array | np.ndarray, name: str, frames: int | None = None) -> mx.array:
         pcm = _as_array(pcm, name)
-        fs = self.frame_size
-        if pcm.ndim != 3 or pcm.shape[1] != self.cfg.seanet.channels:
-            raise ValueError(f"{name}: expected pcm [B, {self.cfg.seanet.channels}, T], got shape {tuple(pcm.shape)}")
-        if not mx.issubdtype(pcm.dtype, mx.floating):
-            raise ValueError(f"{name}: expected float pcm, got dtype {pcm.dtype} for shape {tuple(pcm.shape)}")
-        T = pcm.shape[-1]
-        if frames is not None and T != frames * fs:
-            raise ValueError(f"{name}: expected pcm [B, 1, {frames * fs}], got shape {tuple(pcm.shape)}")
-        if T == 0 or T % fs:
-            raise ValueError(
-                f"{name}: pcm length {T} (shape {tuple(pcm.shape)}) is not a positive multiple of {fs} samples; "
-                "pad the end with zeros"
-            )
+        check_pcm(pcm, name, self.cfg.seanet.channels, self.frame_size, frames)
         return pcm.astype(mx.float32).transpose(0, 2, 1)
 
     def _check_codes(self, codes: mx.array | np.ndarray, name: str, frames: int | None = None) -> mx.array:
+        # Values of numpy codes are checked for free; checking mx codes would force their
+        # evaluation (a sync in the streaming hot path), so only batch `decode` does it.
+        check_range = isinstance(codes, np.ndarray) or frames is None
         codes = _as_array(codes, name)
-        K = self.num_codebooks
-        if codes.ndim != 3 or not 1 <= codes.shape[1] <= K or codes.shape[2] == 0:
-            raise ValueError(f"{name}: expected codes [B, K<={K}, T>0], got shape {tuple(codes.shape)}")
-        if frames is not None and codes.shape[2] != frames:
-            raise ValueError(f"{name}: expected codes [B, K, {frames}], got shape {tuple(codes.shape)}")
-        if not mx.issubdtype(codes.dtype, mx.integer):
-            raise ValueError(f"{name}: expected integer codes, got dtype {codes.dtype} for shape {tuple(codes.shape)}")
-        lo, hi = codes.min().item(), codes.max().item()
-        if lo < 0 or hi >= self.cfg.quantizer_bins:
-            raise ValueError(
-                f"{name}: codes of shape {tuple(codes.shape)} range over [{lo}, {hi}], "
-                f"outside [0, {self.cfg.quantizer_bins - 1}]"
-            )
+        check_codes(codes, name, self.num_codebooks, self.cfg.quantizer_bins, frames, check_range)
         return codes.astype(mx.int32)
 
     # Batch.

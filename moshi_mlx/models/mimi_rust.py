@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..config import MimiConfig
+from .mimi import check_codes, check_pcm
 
 FRAME_SIZE = MimiConfig.mimi_202407().frame_size
 BINS = MimiConfig.mimi_202407().quantizer_bins
@@ -32,29 +33,13 @@ class MimiLike(Protocol):
 
 
 def _pcm(pcm: mx.array | np.ndarray, name: str, frames: int | None) -> np.ndarray:
-    x = np.asarray(pcm)
-    if x.ndim != 3 or x.shape[1] != 1:
-        raise ValueError(f"{name}: expected pcm [B, 1, T], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: expected float pcm, got dtype {x.dtype} for shape {x.shape}")
-    T = x.shape[-1]
-    if frames is not None and T != frames * FRAME_SIZE:
-        raise ValueError(f"{name}: expected pcm [B, 1, {frames * FRAME_SIZE}], got shape {x.shape}")
-    if T == 0 or T % FRAME_SIZE:
-        raise ValueError(f"{name}: pcm length {T} (shape {x.shape}) is not a positive multiple of {FRAME_SIZE} samples")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    check_pcm(pcm, name, 1, FRAME_SIZE, frames)
+    return np.ascontiguousarray(np.asarray(pcm), dtype=np.float32)
 
 
 def _codes(codes: mx.array | np.ndarray, name: str, num_codebooks: int, frames: int | None) -> np.ndarray:
-    c = np.asarray(codes)
-    if c.ndim != 3 or not 1 <= c.shape[1] <= num_codebooks or c.shape[2] == 0:
-        raise ValueError(f"{name}: expected codes [B, K<={num_codebooks}, T>0], got shape {c.shape}")
-    if frames is not None and c.shape[2] != frames:
-        raise ValueError(f"{name}: expected codes [B, K, {frames}], got shape {c.shape}")
-    if not np.issubdtype(c.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer codes, got dtype {c.dtype} for shape {c.shape}")
-    if c.min() < 0 or c.max() >= BINS:
-        raise ValueError(f"{name}: codes of shape {c.shape} range over [{c.min()}, {c.max()}], outside [0, {BINS - 1}]")
+    c = np.asarray(codes)  # rustymimi needs the values anyway
+    check_codes(c, name, num_codebooks, BINS, frames, check_range=True)
     return np.ascontiguousarray(c, dtype=np.uint32)
 
 
