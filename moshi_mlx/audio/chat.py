@@ -31,10 +31,12 @@ def chat(
     start = time.monotonic()
     try:
         with open_streams(loop, input_device=input_device, output_device=output_device):
+            opened = time.monotonic()
             while loop.running and not should_stop():
                 if duration is not None and time.monotonic() - start >= duration:
                     break
                 time.sleep(0.05)
+            loop.stats.seconds = time.monotonic() - opened
     except KeyboardInterrupt:
         pass
     finally:

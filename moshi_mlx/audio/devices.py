@@ -41,9 +41,13 @@ def open_streams(
     sd = _sounddevice()
 
     def on_input(indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            loop.stats.device_overflows += 1
         loop.push_input(indata[:, 0].copy())
 
     def on_output(outdata, frames, time_info, status) -> None:
+        if status.output_underflow:
+            loop.stats.device_underflows += 1
         outdata[:, 0] = loop.pull_output(frames)
 
     try:
