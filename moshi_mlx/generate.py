@@ -107,6 +107,9 @@ class LmGen:
         if forced is not None:
             text = mx.where(forced[:, 0] != cfg.ungenerated_token_id, forced[:, 0], text)
         generated = [text]
+        # Start computing the temporal transformer now, so that it runs while Python builds
+        # the depformer's graph (no sync: nothing is read back here).
+        mx.async_eval(text, hidden)
         if dq > 0:
             for c in self.dcache:
                 c.reset()
