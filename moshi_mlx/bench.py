@@ -57,7 +57,8 @@ def time_ours(config: dict, dtype: str, bits: int | None, group_size: int, steps
     model.set_dtype(getattr(mx, dtype))
     _quantize(model, bits, group_size)
     mx.eval(model.parameters())
-    gen = LmGen(model, seed=0)
+    mx.random.seed(0)
+    gen = LmGen(model)  # global random state, as Kyutai's samplers use
     user = mx.zeros((1, model.cfg.n_q - model.cfg.dep_q), dtype=mx.int32)
     times = []
     for i in range(warmup + steps):

@@ -29,10 +29,14 @@ class Attention(nn.Module):
         self.in_projs = [nn.Linear(d, d + 2 * kv_dim, bias=False) for _ in range(n)]
         self.out_projs = [nn.Linear(d, d, bias=False) for _ in range(n)]
         self.scale = cfg.head_dim**-0.5
+        # Plain ints/bools read on every call (the hot path builds thousands of ops per frame).
+        self._heads, self._kv_heads, self._head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self._per_step_weights = bool(cfg.weights_per_step)
+        self._rope = cfg.positional_embedding == "rope"
 
     def _per_step(self, linears: list[nn.Linear], x: mx.array, offset: int) -> mx.array:
         """Applies the weight set of each absolute position `offset + t` (torch `apply_weights_per_step`)."""
-        if len(linears) == 1 and not self.cfg.weights_per_step:
+        if not self._per_step_weights:
             return linears[0](x)
         T = x.shape[1]
         outs = [linears[self.cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
@@ -43,11 +47,13 @@ class Attention(nn.Module):
         B, T, D = x.shape
         offset = 0 if cache is None else cache.offset
         qkv = self._per_step(self.in_projs, x, offset)
-        Hk, Dh = cfg.num_kv_heads, cfg.head_dim
-        q = qkv[..., :D].reshape(B, T, cfg.num_heads, Dh).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
-        k = qkv[..., D : D + Hk * Dh].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
-        v = qkv[..., D + Hk * Dh :].reshape(B, T, Hk, Dh).transpose(0, 2, 1, 3)
-        if cfg.positional_embedding == "rope":
+        H, Hk, Dh = self._heads, self._kv_heads, self._head_dim
+        if H == Hk:
+            q, k, v = qkv.reshape(B, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+        else:
+            q = qkv[..., :D].reshape(B, T, H, Dh).transpose(0, 2, 1, 3)
+            k, v = qkv[..., D:].reshape(B, T, 2, Hk, Dh).transpose(2, 0, 3, 1, 4)
+        if self._rope:
             q = apply_rope(q, offset, cfg.max_period)
             k = apply_rope(k, offset, cfg.max_period)
         if cache is None:
