@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import mimi_reference as ref  # noqa: E402
+import mimi_reference as ref
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ values this implementation cannot honour raise `ConfigError` instead of being ig
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -352,10 +352,6 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
         raw=dict(raw),
         **lm_kwargs,
     )
-
-
-def config_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
 
 
 # --- Mimi ---

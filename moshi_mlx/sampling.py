@@ -82,8 +82,8 @@ def make_sampler(temp: float = 0.0, top_k: int = 0, top_p: float = 0.0, compile:
     if temp == 0:
         return greedy
     kernel = partial(_categorical, temp=temp, top_k=top_k, top_p=top_p)
-    keyed = lambda logits, key: kernel(logits, key=key)  # noqa: E731
-    unkeyed = lambda logits: kernel(logits, key=None)  # noqa: E731
+    keyed = lambda logits, key: kernel(logits, key=key)
+    unkeyed = lambda logits: kernel(logits, key=None)
     if compile:
         keyed = mx.compile(keyed)
         unkeyed = mx.compile(unkeyed, inputs=mx.random.state, outputs=mx.random.state)

@@ -101,7 +101,7 @@ def torch_stream(frames: int) -> Outputs:
         with model.streaming(1):
             for c in codes:
                 pcm.append(model.decode(c))
-    cat = lambda xs: torch.cat(xs, dim=-1).numpy()  # noqa: E731
+    cat = lambda xs: torch.cat(xs, dim=-1).numpy()
     return Outputs(cat(latents), cat(codes).astype(np.int32), cat(pcm))
 
 

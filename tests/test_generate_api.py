@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
-
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import mlx.core as mx
+import numpy as np
+import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")

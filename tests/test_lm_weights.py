@@ -8,12 +8,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from lm_reference import MOSHI_LIKE, build_torch_lm, published_state_dict  # noqa: E402
+from lm_reference import MOSHI_LIKE, build_torch_lm, published_state_dict
 
-from moshi_mlx.config import LmConfig  # noqa: E402
-from moshi_mlx.models.lm import Lm  # noqa: E402
-from moshi_mlx.weights.common import WeightsError  # noqa: E402
-from moshi_mlx.weights.kyutai_torch import load_lm_weights  # noqa: E402
+from moshi_mlx.config import LmConfig
+from moshi_mlx.models.lm import Lm
+from moshi_mlx.weights.common import WeightsError
+from moshi_mlx.weights.kyutai_torch import load_lm_weights
 
 
 @pytest.fixture(scope="module", params=["published", "state_dict"])

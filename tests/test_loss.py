@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
-
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")

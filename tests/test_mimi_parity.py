@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
-import mimi_reference as ref  # noqa: E402
+import mimi_reference as ref
 
 FRAMES = 30  # 2.4 s: MLX's CPU backend runs Mimi at ~0.3-0.7 s per frame on the 2-core CI box
 LATENT_ATOL = 1e-4

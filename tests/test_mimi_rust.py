@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 pytest.importorskip("rustymimi")
-import mimi_reference as ref  # noqa: E402
+import mimi_reference as ref
 
-from moshi_mlx.models.mimi_rust import RustMimi  # noqa: E402
-from moshi_mlx.weights.mimi import load_mimi_backend  # noqa: E402
+from moshi_mlx.models.mimi_rust import RustMimi
+from moshi_mlx.weights.mimi import load_mimi_backend
 
 FRAMES = 30
 MIN_AGREEMENT = 0.99

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
-import mimi_reference as ref  # noqa: E402
+import mimi_reference as ref
 
 FRAMES = 30
 PREFIX = 6

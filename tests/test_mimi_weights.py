@@ -9,11 +9,11 @@ from mlx.utils import tree_flatten
 
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
-import mimi_reference as ref  # noqa: E402
+import mimi_reference as ref
 
-from moshi_mlx.config import MimiConfig  # noqa: E402
-from moshi_mlx.weights.common import WeightsError  # noqa: E402
-from moshi_mlx.weights.mimi import convert_mimi_torch, load_mimi, mimi_key_table  # noqa: E402
+from moshi_mlx.config import MimiConfig
+from moshi_mlx.weights.common import WeightsError
+from moshi_mlx.weights.mimi import convert_mimi_torch, load_mimi, mimi_key_table
 
 ATTN = "encoder_transformer.transformer.layers.0.self_attn.in_proj_weight"
 
