@@ -42,24 +42,37 @@ class Attention(nn.Module):
         outs = [linears[self.cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
         return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
 
-    def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
-        cfg = self.cfg
-        B, T, D = x.shape
-        offset = 0 if cache is None else cache.offset
-        qkv = self._per_step(self.in_projs, x, offset)
+    def _split(self, qkv: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Projected `[B, T, D + 2 Dkv]` -> q, k, v `[B, H, T, Dh]`, RoPE applied."""
+        B, T, _ = qkv.shape
         H, Hk, Dh = self._heads, self._kv_heads, self._head_dim
         if H == Hk:
-            q, k, v = qkv.reshape(B, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+            q, k, v = qkv.reshape(B, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)
         else:
-            q = qkv[..., :D].reshape(B, T, H, Dh).transpose(0, 2, 1, 3)
-            k, v = qkv[..., D:].reshape(B, T, 2, Hk, Dh).transpose(2, 0, 3, 1, 4)
+            q = qkv[..., : H * Dh].reshape(B, T, H, Dh).transpose(0, 2, 1, 3)
+            k, v = qkv[..., H * Dh :].reshape(B, T, 2, Hk, Dh).transpose(2, 0, 3, 1, 4)
         if self._rope:
-            q = apply_rope(q, offset, cfg.max_period)
-            k = apply_rope(k, offset, cfg.max_period)
+            q = apply_rope(q, offset, self.cfg.max_period)
+            k = apply_rope(k, offset, self.cfg.max_period)
+        return q, k, v
+
+    def project(self, x: mx.array, offset: int | mx.array, weight_set: int) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v of a single position with the given weight set."""
+        return self._split(self.in_projs[weight_set](x), offset)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+        """Attention output before the output projection, `[B, T, D]`."""
+        B, _, T, _ = q.shape
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, -1)
+
+    def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
+        cfg = self.cfg
+        T = x.shape[1]
+        offset = 0 if cache is None else cache.offset
+        q, k, v = self._split(self._per_step(self.in_projs, x, offset), offset)
         if cache is None:
             mask = attention_mask(0, T, 0, T, cfg.causal, cfg.context)
         else:
             k, v, mask = cache.update_and_fetch(k, v)
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, D)
-        return self._per_step(self.out_projs, y, offset)
+        return self._per_step(self.out_projs, self.attend(q, k, v, mask), offset)

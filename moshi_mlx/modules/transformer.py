@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -87,6 +89,14 @@ class ActivationGating(nn.Module):
         return self.linear_out(_ACTIVATIONS[self.activation](h[:, :, 0]) * h[:, :, 1])
 
 
+class _CompiledSteps:
+    """Compiled single-step functions of one layer, by (weight set, dtype); a plain object so that
+    `nn.Module` does not take it for parameters."""
+
+    def __init__(self) -> None:
+        self.fns: dict = {}
+
+
 class TransformerLayer(nn.Module):
     """`x + ls1(attn(norm1(x)))`, then `x + ls2(ffn(norm2(x)))`; parameter names follow torch moshi."""
 
@@ -107,6 +117,7 @@ class TransformerLayer(nn.Module):
         if cfg.layer_scale is not None:
             self.layer_scale_1 = LayerScale(d, cfg.layer_scale)
             self.layer_scale_2 = LayerScale(d, cfg.layer_scale)
+        self._compiled = _CompiledSteps()
 
     def _ffn(self, x: mx.array, offset: int) -> mx.array:
         cfg = self.cfg
@@ -118,7 +129,43 @@ class TransformerLayer(nn.Module):
         outs = [self.gating[cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
         return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
 
+    def _pre(self, w: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        return self.self_attn.project(self.norm1(x), offset, w)
+
+    def _post(self, w: int, x: mx.array, y: mx.array) -> mx.array:
+        update = self.self_attn.out_projs[w](y)
+        if self.cfg.layer_scale is not None:
+            update = self.layer_scale_1(update)
+        x = x.astype(update.dtype) + update
+        h = self.norm2(x)
+        if self.cfg.gating == "none":
+            update = self.linear2(nn.gelu(self.linear1(h)))
+        else:
+            update = (self.gating[w] if self.cfg.weights_per_step else self.gating)(h)
+        if self.cfg.layer_scale is not None:
+            update = self.layer_scale_2(update)
+        return x.astype(update.dtype) + update
+
+    def _single_step(self, x: mx.array, cache: Cache) -> mx.array:
+        """One position with a cache: the work before and after the cache update runs as two
+        compiled functions (one graph each, built once), the cache update in between."""
+        w = self.cfg.step_weight_index(cache.offset) if self.cfg.weights_per_step else 0
+        key = (w, x.dtype)
+        fns = self._compiled.fns.get(key)
+        if fns is None:
+            fns = (
+                mx.compile(partial(self._pre, w), inputs=self.state),
+                mx.compile(partial(self._post, w), inputs=self.state),
+            )
+            self._compiled.fns[key] = fns
+        pre, post = fns
+        q, k, v = pre(x, mx.array(cache.offset, dtype=mx.int32))
+        k, v, mask = cache.update_and_fetch(k, v)
+        return post(x, self.self_attn.attend(q, k, v, mask))
+
     def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
+        if cache is not None and x.shape[1] == 1:
+            return self._single_step(x, cache)
         offset = 0 if cache is None else cache.offset
         update = self.self_attn(self.norm1(x), cache)
         if self.cfg.layer_scale is not None:
