@@ -46,6 +46,16 @@ def random_config(seed: int) -> dict:
     return cfg
 
 
+def streamable_config(seed: int) -> dict:
+    """`random_config` with a small context and a depformer torch can stream (per-step weights:
+    torch sizes the depformer's KV state from them)."""
+    config = {**random_config(seed), "context": random.Random(seed).choice([2, 3, 5, 8])}
+    config["depformer_weights_per_step"] = True
+    if config["depformer_gating"] == "none":
+        config["depformer_gating"] = "silu"
+    return config
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_random_config_forward_matches_torch(seed, tmp_path):
     config = random_config(seed)
@@ -64,11 +74,7 @@ def test_random_config_forward_matches_torch(seed, tmp_path):
 def test_random_config_streaming_matches_torch_streaming(seed, tmp_path):
     from test_lm_parity import teacher_forced_stream, torch_stream
 
-    config = {**random_config(seed), "context": random.Random(seed).choice([2, 3, 5])}
-    # torch can only stream a depformer with per-step weights (its KV capacity comes from them).
-    config["depformer_weights_per_step"] = True
-    if config["depformer_gating"] == "none":
-        config["depformer_gating"] = "silu"
+    config = streamable_config(seed)
     ref = build_torch_lm(config, seed=seed)
     ours = load_ours(config, save_checkpoint(ref, tmp_path / "lm.safetensors", "state_dict"))
     codes = random_codes(config, batch=1, steps=14, seed=seed)
@@ -83,10 +89,7 @@ def test_random_config_greedy_generation_matches_torch_lmgen(seed, tmp_path):
     from gen_reference import torch_and_ours, torch_greedy_stream
     from test_generate import ours_greedy_stream
 
-    config = {**random_config(seed), "context": random.Random(seed).choice([2, 4, 8])}
-    config["depformer_weights_per_step"] = True
-    if config["depformer_gating"] == "none":
-        config["depformer_gating"] = "silu"
+    config = streamable_config(seed)
     ref, ours = torch_and_ours(config, tmp_path, seed=seed)
     user = np.random.default_rng(seed).integers(0, config["card"], size=(2, config["n_q"] - config["dep_q"], 40))
     expected, _ = torch_greedy_stream(ref, user)

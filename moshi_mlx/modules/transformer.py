@@ -129,37 +129,38 @@ class TransformerLayer(nn.Module):
         outs = [self.gating[cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
         return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
 
-    def _pre(self, w: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        return self.self_attn.project(self.norm1(x), offset, w)
-
-    def _post(self, w: int, x: mx.array, y: mx.array) -> mx.array:
-        update = self.self_attn.out_projs[w](y)
+    def _residuals(self, x: mx.array, attn_update: mx.array, offset: int) -> mx.array:
+        """`x + ls1(attn_update)`, then `+ ls2(ffn(norm2(.)))` with the weight set(s) of `offset`."""
         if self.cfg.layer_scale is not None:
-            update = self.layer_scale_1(update)
-        x = x.astype(update.dtype) + update
-        h = self.norm2(x)
-        if self.cfg.gating == "none":
-            update = self.linear2(nn.gelu(self.linear1(h)))
-        else:
-            update = (self.gating[w] if self.cfg.weights_per_step else self.gating)(h)
+            attn_update = self.layer_scale_1(attn_update)
+        x = x.astype(attn_update.dtype) + attn_update
+        update = self._ffn(self.norm2(x), offset)
         if self.cfg.layer_scale is not None:
             update = self.layer_scale_2(update)
         return x.astype(update.dtype) + update
 
+    def _pre(self, w: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        return self.self_attn.project(self.norm1(x), offset, w)
+
+    def _post(self, w: int, offset: int, x: mx.array, y: mx.array) -> mx.array:
+        return self._residuals(x, self.self_attn.out_projs[w](y), offset)
+
     def _single_step(self, x: mx.array, cache: Cache) -> mx.array:
         """One position with a cache: the work before and after the cache update runs as two
-        compiled functions (one graph each, built once), the cache update in between."""
-        w = self.cfg.step_weight_index(cache.offset) if self.cfg.weights_per_step else 0
+        compiled functions (one graph each, built once per weight set), the update in between."""
+        offset = cache.offset
+        w = self.cfg.step_weight_index(offset) if self.cfg.weights_per_step else 0
         key = (w, x.dtype)
         fns = self._compiled.fns.get(key)
         if fns is None:
+            # `offset` only selects the weight set inside `_post`, the same for every offset of `w`.
             fns = (
                 mx.compile(partial(self._pre, w), inputs=self.state),
-                mx.compile(partial(self._post, w), inputs=self.state),
+                mx.compile(partial(self._post, w, offset), inputs=self.state),
             )
             self._compiled.fns[key] = fns
         pre, post = fns
-        q, k, v = pre(x, mx.array(cache.offset, dtype=mx.int32))
+        q, k, v = pre(x, mx.array(offset, dtype=mx.int32))
         k, v, mask = cache.update_and_fetch(k, v)
         return post(x, self.self_attn.attend(q, k, v, mask))
 
@@ -167,15 +168,7 @@ class TransformerLayer(nn.Module):
         if cache is not None and x.shape[1] == 1:
             return self._single_step(x, cache)
         offset = 0 if cache is None else cache.offset
-        update = self.self_attn(self.norm1(x), cache)
-        if self.cfg.layer_scale is not None:
-            update = self.layer_scale_1(update)
-        x = x.astype(update.dtype) + update
-        update = self._ffn(self.norm2(x), offset)
-        if self.cfg.layer_scale is not None:
-            update = self.layer_scale_2(update)
-        return x.astype(update.dtype) + update
-
+        return self._residuals(x, self.self_attn(self.norm1(x), cache), offset)
 
 def sin_embedding(offset: int, T: int, dim: int, max_period: float, dtype: mx.Dtype) -> mx.array:
     """Sinusoidal positional embedding `[1, T, dim]` (torch `create_sin_embedding`)."""
