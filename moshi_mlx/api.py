@@ -22,7 +22,7 @@ import numpy as np
 from .generate import LmGen
 from .helium import generate_text
 from .models.lm import Lm
-from .sampling import make_sampler
+from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, make_sampler
 from .tokenizer import Tokenizer
 
 FRAME_SIZE = 1920  # samples per 80 ms frame at 24 kHz
@@ -111,11 +111,11 @@ class MoshiForConditionalGeneration:
         moshi_input_values: Any = None,
         max_new_tokens: int = 50,
         do_sample: bool = True,
-        temperature: float = 0.8,
-        top_k: int = 250,
+        temperature: float = AUDIO_DEFAULTS["temp"],
+        top_k: int = AUDIO_DEFAULTS["top_k"],
         top_p: float = 0.0,
-        text_temperature: float = 0.7,
-        text_top_k: int = 25,
+        text_temperature: float = TEXT_DEFAULTS["temp"],
+        text_top_k: int = TEXT_DEFAULTS["top_k"],
         text_top_p: float = 0.0,
         seed: int | None = None,
         user_silence_codes: Any = None,

@@ -95,11 +95,13 @@ def make_sampler(temp: float = 0.0, top_k: int = 0, top_p: float = 0.0, compile:
     return sampler
 
 
-def text_sampler(temp: float = 0.7, top_k: int = 25, top_p: float = 0.0) -> Sampler:
+def text_sampler(temp: float = TEXT_DEFAULTS["temp"], top_k: int = TEXT_DEFAULTS["top_k"], top_p: float = 0.0) -> Sampler:
     """Kyutai's default text sampler (temperature 0.7, top-k 25)."""
     return make_sampler(temp, top_k, top_p)
 
 
-def audio_sampler(temp: float = 0.8, top_k: int = 250, top_p: float = 0.0) -> Sampler:
+def audio_sampler(
+    temp: float = AUDIO_DEFAULTS["temp"], top_k: int = AUDIO_DEFAULTS["top_k"], top_p: float = 0.0
+) -> Sampler:
     """Kyutai's default audio sampler (temperature 0.8, top-k 250)."""
     return make_sampler(temp, top_k, top_p)

@@ -14,7 +14,7 @@ import numpy as np
 from ..generate import LmGen
 from ..hub import DEFAULT_REPO, resolve
 from ..models.mimi_rust import MimiLike
-from ..sampling import audio_sampler, text_sampler
+from ..sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, audio_sampler, text_sampler
 from ..tokenizer import Tokenizer
 from ..weights.load import load_lm
 from ..weights.mimi import load_mimi_backend
@@ -32,10 +32,10 @@ class TextStream(Protocol):
 class SamplingParams:
     """Kyutai's defaults: text temperature 0.7, top-k 25; audio temperature 0.8, top-k 250."""
 
-    text_temp: float = 0.7
-    text_top_k: int = 25
-    audio_temp: float = 0.8
-    audio_top_k: int = 250
+    text_temp: float = TEXT_DEFAULTS["temp"]
+    text_top_k: int = TEXT_DEFAULTS["top_k"]
+    audio_temp: float = AUDIO_DEFAULTS["temp"]
+    audio_top_k: int = AUDIO_DEFAULTS["top_k"]
     seed: int | None = None
 
 
@@ -97,8 +97,8 @@ class Conversation:
             audio_sampler(sampling.audio_temp, sampling.audio_top_k),
             seed=sampling.seed,
         )
-        return cls(gen, mimi, tokenizer.streaming(skip_ids=(cfg.existing_text_padding_id,
-                                                            cfg.existing_text_end_padding_id)))
+        # PAD/EPAD never reach the text stream: `step` keeps them silent itself.
+        return cls(gen, mimi, tokenizer.streaming())
 
     def materialize(self) -> None:
         """Evaluates the weights and state now, on this thread. MLX streams are per thread: lazy

@@ -21,10 +21,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mimi-backend", choices=["rust", "mlx"], default="rust", help="Mimi implementation")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="LM compute dtype (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--text-temp", type=float, default=0.7)
-    p.add_argument("--text-top-k", type=int, default=25)
-    p.add_argument("--audio-temp", type=float, default=0.8)
-    p.add_argument("--audio-top-k", type=int, default=250)
+    defaults = SamplingParams()
+    p.add_argument("--text-temp", type=float, default=defaults.text_temp)
+    p.add_argument("--text-top-k", type=int, default=defaults.text_top_k)
+    p.add_argument("--audio-temp", type=float, default=defaults.audio_temp)
+    p.add_argument("--audio-top-k", type=int, default=defaults.audio_top_k)
 
 
 def load_conversation(args: argparse.Namespace) -> Conversation:
