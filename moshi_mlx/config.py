@@ -212,15 +212,22 @@ class LmConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "LmConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        data = read_config(path)
         try:
             return cls.from_kyutai_json(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Reads a `config.json` as a dict, with a one-line error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: config must be a JSON object")
+    return data
 
 
 def _take(cfg: dict[str, Any], key: str, default: Any = ..., types: tuple = ()) -> Any:

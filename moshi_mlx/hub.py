@@ -12,14 +12,13 @@ files are fetched; with `HF_HUB_OFFLINE=1` (read at call time) only the local ca
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import ConfigError, LmConfig
+from .config import ConfigError, LmConfig, read_config
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 LM_NAMES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
@@ -61,17 +60,6 @@ class ModelFiles:
             return LmConfig.from_kyutai_json(arch)
         except ConfigError as e:
             raise ConfigError(f"{self.config}: {e}") from None
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """Reads a `config.json` as a dict, with a one-line error naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: config must be a JSON object")
-    return data
 
 
 def is_offline() -> bool:
