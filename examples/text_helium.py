@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from moshi_mlx.config import LmConfig
-from moshi_mlx.helium import stream_text
+from moshi_mlx.generate import stream_text
 from moshi_mlx.models.lm import Lm
 from moshi_mlx.sampling import make_sampler
 from moshi_mlx.tokenizer import Tokenizer

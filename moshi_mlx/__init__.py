@@ -4,16 +4,16 @@ The public API, re-exported from where each concept lives.
 """
 
 from .api import GenerateOutput, MoshiForCausalLM, MoshiForConditionalGeneration
-from .audio.conversation import Conversation, FrameResult, SamplingParams
+from .audio.conversation import Conversation, FrameResult
 from .config import ConfigError, LmConfig, MimiConfig, SeanetConfig, TransformerConfig
 from .generate import LmGen
-from .helium import generate_text, stream_text
+from .generate import generate_text, stream_text
 from .hub import DEFAULT_REPO, ModelFiles, resolve
 from .models.lm import Lm, LmOutput
 from .models.loss import LossOutput
 from .models.mimi import Mimi
-from .models.mimi_rust import RustMimi
-from .sampling import audio_sampler, make_sampler, text_sampler
+from .models.codec import RustMimi
+from .sampling import SamplingParams, audio_sampler, make_sampler, text_sampler
 from .tokenizer import Tokenizer
 from .weights import WeightsError, load_lm, quantize_lm, save_lm
 from .weights.mimi import load_mimi, load_mimi_backend

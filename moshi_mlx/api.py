@@ -1,6 +1,6 @@
 """transformers-style API: `MoshiForConditionalGeneration.generate` and `MoshiForCausalLM`.
 
-Both drive the same streaming code as the real-time apps (`LmGen.step`, `helium.stream_text`).
+Both drive the same streaming code as the real-time apps (`LmGen.step`, `generate.stream_text`).
 
 Alignment of a prompt follows transformers (and training): frame f of `input_ids`,
 `moshi_audio_codes` and `user_audio_codes` describe the same 80 ms. With `LmGen`'s torch
@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .generate import LmGen
-from .helium import generate_text
+from .generate import generate_text
 from .models.lm import Lm
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, make_sampler
 from .tokenizer import Tokenizer

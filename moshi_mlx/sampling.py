@@ -8,6 +8,7 @@ Kyutai's defaults: text temperature 0.7 with top-k 25, audio temperature 0.8 wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -105,3 +106,23 @@ def audio_sampler(
 ) -> Sampler:
     """Kyutai's default audio sampler (temperature 0.8, top-k 250)."""
     return make_sampler(temp, top_k, top_p)
+
+
+@dataclass
+class SamplingParams:
+    """Sampling of a conversation; Kyutai's defaults: text temperature 0.7, top-k 25; audio
+    temperature 0.8, top-k 250; top-p off (0). `seed` makes a run reproducible."""
+
+    text_temp: float = TEXT_DEFAULTS["temp"]
+    text_top_k: int = TEXT_DEFAULTS["top_k"]
+    audio_temp: float = AUDIO_DEFAULTS["temp"]
+    audio_top_k: int = AUDIO_DEFAULTS["top_k"]
+    seed: int | None = None
+    text_top_p: float = 0.0
+    audio_top_p: float = 0.0
+
+    def text_sampler(self) -> Sampler:
+        return make_sampler(self.text_temp, self.text_top_k, self.text_top_p)
+
+    def audio_sampler(self) -> Sampler:
+        return make_sampler(self.audio_temp, self.audio_top_k, self.audio_top_p)

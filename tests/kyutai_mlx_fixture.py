@@ -1,4 +1,4 @@
-"""Access to the committed Kyutai-MLX-layout fixtures (`convert/make_kyutai_mlx_fixture.py`)."""
+"""Access to the committed Kyutai-MLX-layout fixtures (`tests/fixtures/make_kyutai_mlx_fixture.py`)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILDER = ROOT / "convert" / "make_mimi_fixture.py"
+BUILDER = ROOT / "tests" / "fixtures" / "make_mimi_fixture.py"
 SPEECH = ROOT / "tests" / "assets" / "speech_24k.wav"
 FRAME = 1920
 SEED = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from moshi_mlx.audio.io import read_audio
 from pulse_devices import play_into_microphone, record_speaker, start_virtual_devices
 
 pytestmark = pytest.mark.audio
-SPEECH = "tests/assets/speech_24k.wav"
+SPEECH = str(Path(__file__).resolve().parent / "assets" / "speech_24k.wav")
 
 
 class Echo:
@@ -73,7 +74,8 @@ def test_chat_with_tiny_moshi_on_real_devices(tmp_path):
     """`moshi-mlx chat`'s loop end to end: a tiny random Moshi hears speech and answers aloud."""
     start_virtual_devices()
     from moshi_mlx.audio.chat import chat
-    from moshi_mlx.audio.conversation import Conversation, SamplingParams
+    from moshi_mlx.audio.conversation import Conversation
+    from moshi_mlx.sampling import SamplingParams
     from tiny_model import tiny_model_dir
 
     conversation = Conversation.from_pretrained(tiny_model_dir(), "rust", sampling=SamplingParams(seed=0))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from moshi_mlx.audio.conversation import Conversation, SamplingParams
+from moshi_mlx.audio.conversation import Conversation
+from moshi_mlx.sampling import SamplingParams
 from moshi_mlx.audio.io import read_audio, write_wav
 from moshi_mlx.audio.run_file import run_file
 from moshi_mlx.cli.main import main
 from tiny_model import tiny_model_dir
 
-SPEECH = "tests/assets/speech_24k.wav"
+SPEECH = str(Path(__file__).resolve().parent / "assets" / "speech_24k.wav")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def test_text_helium_streams_text(tmp_path):
     text = helium.run(lm, tokenizer, "Moshi is", 20, 0.0, 0, None, out)
     assert out.getvalue().startswith("Moshi is") and out.getvalue().endswith(text + "\n")
     ids = tokenizer.encode("Moshi is", bos=True)
-    from moshi_mlx.helium import generate_text
+    from moshi_mlx.generate import generate_text
 
     full = generate_text(lm, [ids], 20).tolist()[0][len(ids):]
     if tokenizer.eos_id in full:

@@ -11,7 +11,7 @@ pytest.importorskip("moshi")
 
 from gen_reference import GEN_CONFIGS, HELIUM_LIKE, top2_gap, torch_and_ours  # noqa: E402
 
-from moshi_mlx.helium import generate_text, stream_text, text_inputs  # noqa: E402
+from moshi_mlx.generate import generate_text, stream_text, text_inputs  # noqa: E402
 from moshi_mlx.sampling import make_sampler  # noqa: E402
 
 CONFIGS = {"helium_like": HELIUM_LIKE, "moshi_like_ctx8": GEN_CONFIGS["moshi_like_ctx8"]}

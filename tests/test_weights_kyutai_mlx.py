@@ -1,7 +1,7 @@
 """Kyutai's published MLX layout (bf16, q8, q4): strict loading, equal logits, named errors.
 
 Fixtures in tests/assets/kyutai_mlx were written by Kyutai's own moshi_mlx 0.3.0
-(`convert/make_kyutai_mlx_fixture.py`), with its logits on single-token teacher-forced steps.
+(`tests/fixtures/make_kyutai_mlx_fixture.py`), with its logits on single-token teacher-forced steps.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def tiny_model_dir() -> Path:
-    """LM + tokenizer + speech-fitted random Mimi, via `convert/make_tiny_model.py` (needs torch)."""
+    """LM + tokenizer + speech-fitted random Mimi, via `tests/fixtures/make_tiny_model.py` (needs torch)."""
     pytest.importorskip("torch")
     pytest.importorskip("moshi")
     import mimi_reference
 
-    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "convert" / "make_tiny_model.py")
+    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "tests" / "fixtures" / "make_tiny_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = Path(tempfile.mkdtemp(prefix="moshi_mlx_tiny_")) / "tiny-moshi"

@@ -12,12 +12,10 @@ import mlx.nn as nn
 import numpy as np
 
 from ..generate import LmGen
-from ..hub import DEFAULT_REPO, resolve
-from ..models.mimi_rust import MimiLike
-from ..sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, audio_sampler, text_sampler
-from ..tokenizer import Tokenizer
-from ..weights.load import load_lm
-from ..weights.mimi import load_mimi_backend
+from ..hub import DEFAULT_REPO
+from ..models.codec import MimiLike
+from ..sampling import SamplingParams
+from ..weights.pretrained import load_pretrained
 
 
 class TextStream(Protocol):
@@ -26,17 +24,6 @@ class TextStream(Protocol):
     def push(self, token: int) -> str: ...
 
     def reset(self) -> None: ...
-
-
-@dataclass
-class SamplingParams:
-    """Kyutai's defaults: text temperature 0.7, top-k 25; audio temperature 0.8, top-k 250."""
-
-    text_temp: float = TEXT_DEFAULTS["temp"]
-    text_top_k: int = TEXT_DEFAULTS["top_k"]
-    audio_temp: float = AUDIO_DEFAULTS["temp"]
-    audio_top_k: int = AUDIO_DEFAULTS["top_k"]
-    seed: int | None = None
 
 
 @dataclass
@@ -80,25 +67,16 @@ class Conversation:
     def from_pretrained(
         cls,
         source: str | Path = DEFAULT_REPO,
-        mimi_backend: str = "rust",
+        mimi_backend: str | None = None,
         dtype: mx.Dtype | None = None,
         sampling: SamplingParams | None = None,
     ) -> "Conversation":
         """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or weights file)."""
         sampling = sampling or SamplingParams()
-        files = resolve(source)
-        lm = load_lm(source, dtype=dtype, files=files)
-        cfg = lm.cfg
-        mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks=max(cfg.dep_q, cfg.n_q - cfg.dep_q))
-        tokenizer = Tokenizer(files.tokenizer)
-        gen = LmGen(
-            lm,
-            text_sampler(sampling.text_temp, sampling.text_top_k),
-            audio_sampler(sampling.audio_temp, sampling.audio_top_k),
-            seed=sampling.seed,
-        )
+        model = load_pretrained(source, mimi_backend, dtype)
+        gen = LmGen(model.lm, sampling.text_sampler(), sampling.audio_sampler(), seed=sampling.seed)
         # PAD/EPAD never reach the text stream: `step` keeps them silent itself.
-        return cls(gen, mimi, tokenizer.streaming())
+        return cls(gen, model.mimi, model.tokenizer.streaming())
 
     def materialize(self) -> None:
         """Evaluates the weights and state now, on this thread. MLX streams are per thread: lazy

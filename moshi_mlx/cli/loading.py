@@ -6,7 +6,8 @@ import argparse
 
 import mlx.core as mx
 
-from ..audio.conversation import Conversation, SamplingParams
+from ..audio.conversation import Conversation
+from ..sampling import SamplingParams
 from ..hub import DEFAULT_REPO
 
 DTYPES = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}

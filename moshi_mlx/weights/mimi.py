@@ -22,7 +22,7 @@ from mlx.utils import tree_flatten
 
 from ..config import MimiConfig
 from ..models.mimi import Mimi
-from ..models.mimi_rust import MimiLike, RustMimi
+from ..models.codec import MimiLike, RustMimi, check_backend, default_backend
 from .common import WeightsError, read_safetensors, strict_load
 
 Array = mx.array | np.ndarray
@@ -218,10 +218,10 @@ def load_mimi(path_or_state: str | Path | Mapping[str, Array], cfg: MimiConfig |
     return model
 
 
-def load_mimi_backend(path: str | Path, backend: str = "mlx", num_codebooks: int = 8) -> MimiLike:
-    """A Mimi from a Kyutai torch checkpoint, computed by MLX (`"mlx"`) or rustymimi (`"rust"`)."""
+def load_mimi_backend(path: str | Path, backend: str | None = None, num_codebooks: int = 8) -> MimiLike:
+    """A Mimi from a Kyutai torch checkpoint, computed by MLX (`"mlx"`) or rustymimi (`"rust"`);
+    `None` picks `moshi_mlx.models.codec.default_backend()`."""
+    backend = check_backend(backend or default_backend())
     if backend == "mlx":
         return load_mimi(path, MimiConfig.mimi_202407(num_codebooks))
-    if backend == "rust":
-        return RustMimi(path, num_codebooks)
-    raise ValueError(f"unknown Mimi backend {backend!r} (expected 'mlx' or 'rust')")
+    return RustMimi(path, num_codebooks)

@@ -11,7 +11,7 @@ pytest.importorskip("moshi")
 pytest.importorskip("rustymimi")
 import mimi_reference as ref
 
-from moshi_mlx.models.mimi_rust import RustMimi
+from moshi_mlx.models.codec import RustMimi
 from moshi_mlx.weights.mimi import load_mimi_backend
 
 FRAMES = 30

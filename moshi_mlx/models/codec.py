@@ -1,12 +1,14 @@
-"""Mimi served by Kyutai's Rust implementation (`rustymimi`, CPU), behind our `Mimi` interface.
+"""The Mimi codec interface (`MimiLike`), its backends and the default choice.
 
-`moshi_mlx.weights.mimi.load_mimi_backend(path, backend="mlx" | "rust")` picks one.
-Inputs may be mx or numpy arrays; outputs are mx arrays: codes int32 `[B, K, T]`, pcm float32
-`[B, 1, T * 1920]`, exactly as `moshi_mlx.models.mimi.Mimi`.
+Two backends compute Mimi: `"mlx"` (our `moshi_mlx.models.mimi.Mimi`, Metal/CUDA/CPU) and
+`"rust"` (Kyutai's `rustymimi`, CPU, an optional extra: `pip install "mlx-moshi[rust]"`).
+`moshi_mlx.weights.mimi.load_mimi_backend(path, backend)` loads either. Inputs may be mx or numpy
+arrays; outputs are mx arrays: codes int32 `[B, K, T]`, pcm float32 `[B, 1, T * 1920]`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +43,41 @@ def _codes(codes: mx.array | np.ndarray, name: str, num_codebooks: int, frames: 
     c = np.asarray(codes)  # rustymimi needs the values anyway
     check_codes(c, name, num_codebooks, BINS, frames, check_range=True)
     return np.ascontiguousarray(c, dtype=np.uint32)
+
+
+BACKENDS = ("mlx", "rust")
+
+
+class BackendError(ValueError):
+    """A Mimi backend that is unknown or not installed."""
+
+
+def rust_available() -> bool:
+    """Whether the optional `rustymimi` package is installed."""
+    return importlib.util.find_spec("rustymimi") is not None
+
+
+def default_backend() -> str:
+    """The Mimi backend to use when none is asked for.
+
+    MLX wherever MLX has a GPU (Metal on macOS, CUDA); on a CPU-only MLX (Linux), rustymimi when
+    it is installed (faster there than MLX's CPU kernels), else MLX.
+    """
+    if mx.default_device() == mx.gpu or not rust_available():
+        return "mlx"
+    return "rust"
+
+
+def check_backend(backend: str) -> str:
+    """Returns `backend` if it can be used, else raises a one-line `BackendError`."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown Mimi backend {backend!r} (expected one of: {', '.join(BACKENDS)})")
+    if backend == "rust" and not rust_available():
+        raise BackendError(
+            "the rust Mimi backend needs rustymimi: pip install \"mlx-moshi[rust]\" (wheels for CPython "
+            "3.10-3.13), or use --mimi-backend mlx"
+        )
+    return backend
 
 
 class RustMimi:

@@ -1,0 +1,42 @@
+"""`load_pretrained`: everything a conversation needs from one source (LM, Mimi, tokenizer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..hub import DEFAULT_REPO, ModelFiles, resolve
+from ..models.codec import MimiLike
+from ..models.lm import Lm
+from ..tokenizer import Tokenizer
+from .load import load_lm
+from .mimi import load_mimi_backend
+
+
+@dataclass
+class Pretrained:
+    """A loaded model: the LM, a Mimi backend and the text tokenizer, with the files they came from."""
+
+    lm: Lm
+    mimi: MimiLike
+    tokenizer: Tokenizer
+    files: ModelFiles
+
+
+def load_pretrained(
+    source: str | Path = DEFAULT_REPO, mimi_backend: str | None = None, dtype: mx.Dtype | None = None
+) -> Pretrained:
+    """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or an LM weights file).
+
+    Args:
+        source: where the model is (see `moshi_mlx.hub.resolve`).
+        mimi_backend: ``"mlx"`` or ``"rust"``; default: `moshi_mlx.models.codec.default_backend()`.
+        dtype: LM compute dtype; default: the checkpoint's.
+    """
+    files = resolve(source)
+    lm = load_lm(source, dtype=dtype, files=files)
+    cfg = lm.cfg
+    mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks=max(cfg.dep_q, cfg.n_q - cfg.dep_q))
+    return Pretrained(lm, mimi, Tokenizer(files.tokenizer), files)
