@@ -18,6 +18,7 @@ from typing import Iterable
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from ..files import normal_mode
 from ..hub import CONFIG_NAME
 from ..models.lm import Lm
 from .quantize import model_quantization
@@ -58,9 +59,7 @@ def save_lm(model: Lm, out_dir: str | Path, extra_files: Iterable[str | Path] = 
             if f.name in (WEIGHTS_NAME, CONFIG_NAME):
                 raise ValueError(f"{f}: an extra file may not be named {f.name}")
             shutil.copy2(f, tmp / f.name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's mode
+        os.chmod(tmp, normal_mode(directory=True))  # mkdtemp makes it private; give it a normal folder's mode
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
         os.replace(tmp, out_dir)
