@@ -34,10 +34,9 @@ def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path, umask_027
 def test_a_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(target) as f:
-            f.write("new, half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as f:
+        f.write("new, half")
+        raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
@@ -51,19 +50,16 @@ def test_the_file_appears_only_when_complete(tmp_path):
 
 
 def test_errors_name_the_target_not_the_temporary(tmp_path):
-    with pytest.raises(FileNotFoundError) as e:
-        with atomic_write(tmp_path / "nodir" / "a.txt") as f:
-            f.write("x")
+    with pytest.raises(FileNotFoundError) as e, atomic_write(tmp_path / "nodir" / "a.txt") as f:
+        f.write("x")
     assert str(tmp_path / "nodir" / "a.txt") in str(e.value) and ".tmp" not in str(e.value)
     (tmp_path / "adir").mkdir()
-    with pytest.raises(IsADirectoryError) as e:
-        with atomic_write(tmp_path / "adir") as f:
-            f.write("x")
+    with pytest.raises(IsADirectoryError) as e, atomic_write(tmp_path / "adir") as f:
+        f.write("x")
     assert str(e.value).endswith(f"'{tmp_path / 'adir'}'") and ".tmp" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
 
 
 def test_atomic_write_refuses_append_mode(tmp_path):
-    with pytest.raises(ValueError, match="mode must start with 'w'"):
-        with atomic_write(tmp_path / "a.txt", "a"):
-            pass
+    with pytest.raises(ValueError, match="mode must start with 'w'"), atomic_write(tmp_path / "a.txt", "a"):
+        pass
