@@ -1,40 +1,138 @@
-"""Offline conversation: a recorded user turn in, Moshi's audio and text out (file to file)."""
+"""Offline conversation: a recorded user turn in, Moshi's voice and text out, streamed from and to
+disk so that memory stays flat for any length.
+
+Time alignment: output frame i (80 ms) is Moshi's voice during input frame i; the output has as many
+frames as the input, the input's length rounded up to whole frames (the last frame is padded with
+silence). Moshi's audio comes `max_delay` model steps after the input that produced it, so that many
+silent frames are fed after the input to flush it out.
+
+Nothing is lost: the wav at the output path is valid after every frame (its header is rewritten with
+each frame) and the text file grows piece by piece. A run that stops early, for any reason, leaves
+the first `frames_written` frames of the answer and the text so far.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from ..errors import MoshiError
 from .conversation import Conversation
-from .io import read_audio, write_wav
+from .io import SAMPLE_RATE, AudioReader, WavWriter
 
 
-def run_file(
-    conversation: Conversation,
-    input_path: str | Path,
-    output_path: str | Path,
-    on_text: Callable[[str], None] | None = None,
-) -> tuple[np.ndarray, str]:
-    """Feeds `input_path` (any rate/channels; resampled to 24 kHz mono) frame by frame and writes
-    Moshi's voice, time-aligned with the input, to `output_path`. Returns (audio, text)."""
-    pcm = read_audio(input_path)
-    size = conversation.frame_size
-    frames = -(-len(pcm) // size)
-    pcm = np.pad(pcm, (0, frames * size - len(pcm)))
-    # The last frames of Moshi's answer come out `max_delay` steps after their input.
-    flush = conversation.lm_gen.lm.cfg.max_delay
-    silence = np.zeros(size, dtype=np.float32)
-    out, text = [], []
-    for i in range(frames + flush):
-        result = conversation.step(pcm[i * size : (i + 1) * size] if i < frames else silence)
-        if result.pcm is not None:
-            out.append(result.pcm)
-        if result.text:
-            text.append(result.text)
-            if on_text is not None:
-                on_text(result.text)
-    audio = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-    write_wav(output_path, audio)
-    return audio, "".join(text)
+class OutputError(MoshiError, ValueError):
+    """An output path that cannot be used; the message names it."""
+
+
+def _writable_parent(path: Path, what: str) -> None:
+    """Checks that `path`'s folder exists and is writable, or could be created."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot create the {what} there: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: {parent} is not writable")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(input_path: str | Path, output: str | Path, text_out: str | Path | None = None) -> None:
+    """Refuses outputs that cannot work, before any work is done: a folder, the input itself, the
+    same path twice, an unwritable folder. Missing parent folders are fine (they are created)."""
+    input_path, output = Path(input_path), Path(output)
+    outputs = [(output, "answer")] + ([(Path(text_out), "text")] if text_out is not None else [])
+    for path, what in outputs:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a folder; give a file name for the {what}")
+        if _same_file(path, input_path):
+            raise OutputError(f"{path}: is the input file; refusing to overwrite it with the {what}")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OutputError(f"{path}: exists and is not writable")
+        _writable_parent(path, what)
+    if text_out is not None and _same_file(output, Path(text_out)):
+        raise OutputError(f"{output}: given for both the answer and the text")
+
+
+class FileRun:
+    """One file through a `Conversation`. Creating it checks the input and outputs (raising
+    `AudioError`/`OutputError`) without writing anything; `run` does the work.
+
+    Progress is kept in `steps` (model steps taken), `frames_written` (output frames on disk) and
+    `total_frames`, also after `run` stopped on an exception.
+    """
+
+    def __init__(self, input_path: str | Path, output: str | Path, text_out: str | Path | None = None, frame_size: int = 1920):
+        check_outputs(input_path, output, text_out)
+        self.output = Path(output)
+        self.text_out = Path(text_out) if text_out is not None else None
+        self.frame_size = frame_size
+        self.reader = AudioReader(input_path, SAMPLE_RATE)
+        self.total_frames = -(-self.reader.samples // frame_size)
+        self.steps = 0
+        self.frames_written = 0
+        self.started: float | None = None
+
+    def seconds(self, frames: int) -> float:
+        """The duration of `frames` frames."""
+        return frames * self.frame_size / SAMPLE_RATE
+
+    def _inputs(self, flush: int) -> Iterator[np.ndarray]:
+        yield from self.reader.frames(self.frame_size)
+        silence = np.zeros(self.frame_size, dtype=np.float32)
+        for _ in range(flush):
+            yield silence
+
+    def run(
+        self,
+        conversation: Conversation,
+        on_text: Callable[[str], None] | None = None,
+        on_frame: Callable[[FileRun], None] | None = None,
+        should_stop: Callable[[], str | None] | None = None,
+    ) -> str | None:
+        """Feeds the input frame by frame, writing Moshi's voice and text as they come. Returns None
+        when the whole input was answered, or the reason `should_stop` gave (checked before each
+        frame). Exceptions propagate after the outputs are closed, valid."""
+        if conversation.frame_size != self.frame_size:
+            raise ValueError(f"the model's frame is {conversation.frame_size} samples; this run was opened for {self.frame_size}")
+        flush = conversation.lm_gen.lm.cfg.max_delay
+        for path in (self.output, self.text_out):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        writer = WavWriter(self.output, SAMPLE_RATE)
+        text = open(self.text_out, "w", encoding="utf-8") if self.text_out is not None else None
+        try:
+            for pcm in self._inputs(flush):
+                reason = should_stop() if should_stop is not None else None
+                if reason:
+                    return reason
+                result = conversation.step(pcm)
+                self.steps += 1
+                if result.pcm is not None and self.frames_written < self.total_frames:
+                    writer.write(result.pcm)
+                    self.frames_written += 1
+                if result.text:
+                    if text is not None:
+                        text.write(result.text)
+                        text.flush()
+                    if on_text is not None:
+                        on_text(result.text)
+                if on_frame is not None:
+                    on_frame(self)
+            return None
+        finally:
+            writer.close()
+            if text is not None:
+                text.write("\n")
+                text.close()
+            self.reader.close()
