@@ -2,7 +2,8 @@
 
 Reads integer PCM (8/16/24/32-bit) and IEEE float (32/64-bit), plain or WAVE_FORMAT_EXTENSIBLE.
 Writes 16-bit PCM whose header always describes the samples written so far: the file is a valid
-wav after every `write`, so an interrupted writer leaves a playable file of what it produced.
+wav from its creation on and after every `write`, so an interrupted writer leaves a playable file
+of what it produced.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import MoshiError
+from ..files import atomic_path
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 _HEADER = 44  # RIFF + fmt (16 bytes) + data chunk header, as written by WavWriter
@@ -130,9 +132,11 @@ class WavWriter:
     def __init__(self, path: str | Path, sample_rate: int, channels: int = 1):
         self.sample_rate, self.channels = sample_rate, channels
         self.frames = 0
-        self._f = open(path, "wb")
-        self._f.write(self._header(0))
-        self._f.flush()
+        # The empty wav appears in one rename: the path never holds a file without a header.
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(self._header(0))
+        self._f = open(path, "r+b")
+        self._f.seek(0, os.SEEK_END)
 
     def _header(self, frames: int) -> bytes:
         data = frames * 2 * self.channels

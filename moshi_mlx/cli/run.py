@@ -64,6 +64,7 @@ class _TextOut:
     """Moshi's text to stdout as it comes; above the progress bar in whole lines when both share a terminal."""
 
     def __init__(self, bar: ProgressBar | None):
+        self.progress = bar
         self.bar = bar if bar is not None and sys.stdout.isatty() else None
         self.pending = ""
 
@@ -92,10 +93,12 @@ class _TextOut:
         self.bar.update(self.bar.done, force=True)
 
     def end(self) -> None:
-        if self.bar is not None:
-            self.bar.clear()
-            if self.pending:
-                sys.stdout.write(self.pending)
+        """Clears the bar and ends the text with a newline."""
+        if self.progress is not None:
+            self.progress.clear()
+        if self.pending:
+            sys.stdout.write(self.pending)
+            self.pending = ""
         sys.stdout.write("\n")
         sys.stdout.flush()
 
