@@ -2,12 +2,20 @@
 
 Both drive the same streaming code as the real-time apps (`LmGen.step`, `generate.stream_text`).
 
+Sampling parameters mean what they mean in transformers' Moshi: the unprefixed `do_sample`,
+`temperature`, `top_k`, `top_p` drive the TEXT tokens (the main decoder), and the
+`depth_decoder_*` ones drive the AUDIO codebooks (the depth decoder). Defaults are those of the
+published `kmhf/hf-moshiko` generation config, which are Kyutai's: text 0.7 / top-k 25, audio
+0.8 / top-k 250, both sampled (`moshi_mlx.sampling.TEXT_DEFAULTS`, `AUDIO_DEFAULTS`). As in
+transformers, `do_sample=False` alone makes only the text greedy; pass
+`depth_decoder_do_sample=False` too for fully greedy decoding.
+
 Alignment of a prompt follows transformers (and training): frame f of `input_ids`,
 `moshi_audio_codes` and `user_audio_codes` describe the same 80 ms. With `LmGen`'s torch
 semantics (a user frame is fed in the step it arrives, as frame `step - 1`), user frame f is
 therefore passed at step f + 1, and Moshi's own prompt tokens are teacher-forced at the steps
 that would sample them. Once the user prompt runs out, the user stream is silence: like
-transformers, the codes of one frame (1920 samples) of zeros encoded by the Mimi codec
+transformers, the codes of one frame (`FRAME_SIZE` samples) of zeros encoded by the Mimi codec
 (`user_silence_codes` overrides this, e.g. when no codec is attached).
 """
 
@@ -19,13 +27,14 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from .generate import LmGen
-from .generate import generate_text
+from .errors import InvalidArgument
+from .generate import LmGen, generate_text
+from .models.codec import FRAME_SIZE, MimiLike
 from .models.lm import Lm
-from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, make_sampler
+from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
 from .tokenizer import Tokenizer
 
-FRAME_SIZE = 1920  # samples per 80 ms frame at 24 kHz
+__all__ = ["FRAME_SIZE", "GenerateOutput", "MoshiForCausalLM", "MoshiForConditionalGeneration"]
 
 
 @dataclass
@@ -34,38 +43,36 @@ class GenerateOutput:
 
     sequences: mx.array  # [B, P + N] text ids: the prompt's frames, then generated ones
     audio_codes: mx.array  # [B, dep_q, P + N] Moshi's audio codes, aligned with `sequences`
-    audio_sequences: mx.array | None = None  # [B, 1, (P + N) * 1920] waveform (needs a Mimi)
+    audio_sequences: mx.array | None = None  # [B, 1, (P + N) * FRAME_SIZE] waveform (needs a Mimi)
 
 
-def _mimi_encode(mimi: Any, pcm: np.ndarray) -> np.ndarray:
-    """Codes `[B, K, T]` of float32 audio `[B, 1, S]` (MLX Mimi takes mx arrays, rustymimi numpy)."""
-    try:
-        codes = mimi.encode(mx.array(pcm))
-    except TypeError:
-        codes = mimi.encode(np.ascontiguousarray(pcm, dtype=np.float32))
-    return np.asarray(codes).astype(np.int64)
+def _mimi_encode(mimi: MimiLike, pcm: np.ndarray) -> np.ndarray:
+    """Codes `[B, K, T]` of float32 audio `[B, 1, S]` (every `MimiLike` takes mx arrays)."""
+    return np.asarray(mimi.encode(mx.array(pcm))).astype(np.int64)
 
 
-def _mimi_decode(mimi: Any, codes: mx.array) -> mx.array:
-    try:
-        pcm = mimi.decode(codes.astype(mx.int32))
-    except TypeError:
-        pcm = mimi.decode(np.ascontiguousarray(np.array(codes), dtype=np.uint32))
-    return mx.array(np.asarray(pcm, dtype=np.float32)) if not isinstance(pcm, mx.array) else pcm
+def _mimi_decode(mimi: MimiLike, codes: mx.array) -> mx.array:
+    pcm = mimi.decode(codes.astype(mx.int32))
+    return pcm if isinstance(pcm, mx.array) else mx.array(np.asarray(pcm, dtype=np.float32))
 
 
 def _pad_to_frames(pcm: np.ndarray) -> np.ndarray:
     pcm = np.asarray(pcm, dtype=np.float32)
     if pcm.ndim != 3 or pcm.shape[1] != 1:
-        raise ValueError(f"audio input values must be [B, 1, samples], got {pcm.shape}")
+        raise InvalidArgument(f"audio input values must be [B, 1, samples], got {pcm.shape}")
     extra = -pcm.shape[-1] % FRAME_SIZE
     return np.pad(pcm, ((0, 0), (0, 0), (0, extra))) if extra else pcm
+
+
+def _sampler(do_sample: bool, temperature: float, top_k: int, top_p: float) -> Sampler:
+    """transformers' rule: without `do_sample`, greedy whatever the other parameters say."""
+    return make_sampler(temperature, top_k, top_p) if do_sample else make_sampler(0.0)
 
 
 class MoshiForConditionalGeneration:
     """Moshi LM + optional Mimi codec with transformers' `generate` signature."""
 
-    def __init__(self, lm: Lm, mimi: Any | None = None):
+    def __init__(self, lm: Lm, mimi: MimiLike | None = None):
         self.lm = lm
         self.mimi = mimi
 
@@ -87,18 +94,18 @@ class MoshiForConditionalGeneration:
             arr = np.asarray(codes).astype(np.int64)
         elif values is not None:
             if self.mimi is None:
-                raise ValueError(f"{name}_input_values needs a Mimi codec; pass {name}_audio_codes instead")
+                raise InvalidArgument(f"{name}_input_values needs a Mimi codec; pass {name}_audio_codes instead")
             arr = _mimi_encode(self.mimi, _pad_to_frames(np.asarray(values)))
         else:
             return None
         if arr.ndim != 3 or arr.shape[1] < count:
-            raise ValueError(f"{name} audio codes must be [B, >={count}, T], got {arr.shape}")
+            raise InvalidArgument(f"{name} audio codes must be [B, >={count}, T], got {arr.shape}")
         return arr[:, :count]
 
     def silence_codes(self, batch_size: int) -> np.ndarray:
         """User codes `[B, n_user]` of one frame of silence, encoded by the attached Mimi."""
         if self.mimi is None:
-            raise ValueError("the user stream needs silence codes: attach a Mimi or pass user_silence_codes")
+            raise InvalidArgument("the user stream needs silence codes: attach a Mimi or pass user_silence_codes")
         pcm = np.zeros((batch_size, 1, FRAME_SIZE), dtype=np.float32)
         return _mimi_encode(self.mimi, pcm)[:, : self.num_user_codebooks, 0]
 
@@ -111,12 +118,13 @@ class MoshiForConditionalGeneration:
         moshi_input_values: Any = None,
         max_new_tokens: int = 50,
         do_sample: bool = True,
-        temperature: float = AUDIO_DEFAULTS["temp"],
-        top_k: int = AUDIO_DEFAULTS["top_k"],
-        top_p: float = 0.0,
-        text_temperature: float = TEXT_DEFAULTS["temp"],
-        text_top_k: int = TEXT_DEFAULTS["top_k"],
-        text_top_p: float = 0.0,
+        temperature: float = TEXT_DEFAULTS["temp"],
+        top_k: int = TEXT_DEFAULTS["top_k"],
+        top_p: float = 1.0,
+        depth_decoder_do_sample: bool = True,
+        depth_decoder_temperature: float = AUDIO_DEFAULTS["temp"],
+        depth_decoder_top_k: int = AUDIO_DEFAULTS["top_k"],
+        depth_decoder_top_p: float = 1.0,
         seed: int | None = None,
         user_silence_codes: Any = None,
         return_audio_waveforms: bool = True,
@@ -129,9 +137,11 @@ class MoshiForConditionalGeneration:
                 ``[B, 1, samples]`` at 24 kHz, encoded with the attached Mimi).
             moshi_audio_codes: ``[B, dep_q, P]`` Moshi audio codes (or ``moshi_input_values``).
             max_new_tokens: Frames (text tokens) to generate after the prompt.
-            do_sample: Sample (``True``) or decode greedily.
-            temperature, top_k, top_p: Audio sampling (Kyutai defaults 0.8, 250, off).
-            text_temperature, text_top_k, text_top_p: Text sampling (0.7, 25, off).
+            do_sample: Sample the text tokens (``True``) or take the most likely one.
+            temperature, top_k, top_p: Text sampling (defaults 0.7, 25, 1.0 = no nucleus filter).
+            depth_decoder_do_sample: Sample the audio codebooks (``True``) or take the most likely.
+            depth_decoder_temperature, depth_decoder_top_k, depth_decoder_top_p: Audio sampling
+                (defaults 0.8, 250, 1.0).
             seed: Seed of the generator's own random key (reproducible); None uses the
                 global ``mx.random`` state.
             user_silence_codes: ``[n_q - dep_q]`` or ``[B, n_q - dep_q]`` codes for the user
@@ -148,23 +158,23 @@ class MoshiForConditionalGeneration:
         moshi = self._codes(moshi_audio_codes, moshi_input_values, cfg.dep_q, "moshi")
         given = [x is not None for x in (text, user, moshi)]
         if any(given) and not all(given):
-            raise ValueError("pass all three prompts (input_ids, user audio, moshi audio) or none of them")
+            raise InvalidArgument("pass all three prompts (input_ids, user audio, moshi audio) or none of them")
         if all(given):
             if text.ndim != 2:
-                raise ValueError(f"input_ids must be [B, P], got {text.shape}")
+                raise InvalidArgument(f"input_ids must be [B, P], got {text.shape}")
             frames = {text.shape[1], user.shape[2], moshi.shape[2]}
             if len(frames) != 1:
-                raise ValueError(
+                raise InvalidArgument(
                     f"prompt streams differ in length: input_ids {text.shape[1]}, user audio "
                     f"{user.shape[2]}, moshi audio {moshi.shape[2]} frames"
                 )
             B, P = text.shape
             if user.shape[0] != B or moshi.shape[0] != B:
-                raise ValueError("prompt streams differ in batch size")
+                raise InvalidArgument("prompt streams differ in batch size")
         else:
             B, P = 1, 0
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise InvalidArgument(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
         silence = self.silence_codes(B) if user_silence_codes is None else np.asarray(user_silence_codes)
         silence = np.broadcast_to(silence.astype(np.int64), (B, self.num_user_codebooks))
@@ -172,11 +182,8 @@ class MoshiForConditionalGeneration:
         if P:
             prompt = np.concatenate([text[:, None], moshi], axis=1)  # [B, 1 + dep_q, P]
 
-        if do_sample:
-            text_sampler = make_sampler(text_temperature, text_top_k, text_top_p)
-            audio_sampler = make_sampler(temperature, top_k, top_p)
-        else:
-            text_sampler = audio_sampler = make_sampler(0.0)
+        text_sampler = _sampler(do_sample, temperature, top_k, top_p)
+        audio_sampler = _sampler(depth_decoder_do_sample, depth_decoder_temperature, depth_decoder_top_k, depth_decoder_top_p)
         gen = LmGen(self.lm, text_sampler, audio_sampler, batch_size=B, seed=seed)
         total = P + max_new_tokens
         delays = np.array(cfg.delays[: 1 + cfg.dep_q])
@@ -215,20 +222,24 @@ class MoshiForCausalLM:
         input_ids: Any = None,
         prompt: str | None = None,
         max_new_tokens: int = 50,
-        do_sample: bool = False,
-        temperature: float = 0.7,
-        top_k: int = 0,
-        top_p: float = 0.0,
+        do_sample: bool = True,
+        temperature: float = TEXT_DEFAULTS["temp"],
+        top_k: int = TEXT_DEFAULTS["top_k"],
+        top_p: float = 1.0,
         seed: int | None = None,
         eos_token_id: int | None = None,
     ) -> mx.array:
         """Prompt ids ``[B, T]`` (or a `prompt` string, encoded with BOS) continued by up to
-        `max_new_tokens` tokens; returns ``[B, T + N]`` ids. Greedy unless `do_sample`."""
+        `max_new_tokens` tokens; returns ``[B, T + N]`` ids.
+
+        Sampling as transformers with the published generation config: `do_sample` with
+        temperature 0.7 and top-k 25 (Kyutai's text defaults); ``do_sample=False`` is greedy.
+        """
         if (input_ids is None) == (prompt is None):
-            raise ValueError("pass exactly one of input_ids or prompt")
+            raise InvalidArgument("pass exactly one of input_ids or prompt")
         if prompt is not None:
             if self.tokenizer is None:
-                raise ValueError("a string prompt needs a tokenizer")
+                raise InvalidArgument("a string prompt needs a tokenizer")
             input_ids = [self.tokenizer.encode(prompt, bos=True)]
-        sampler = make_sampler(temperature, top_k, top_p) if do_sample else make_sampler(0.0)
+        sampler = _sampler(do_sample, temperature, top_k, top_p)
         return generate_text(self.lm, input_ids, max_new_tokens, sampler, seed, eos_token_id)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import MoshiError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Named presets are data files shipped with the package.
@@ -31,7 +33,7 @@ _METADATA_KEYS = frozenset({
 })
 
 
-class ConfigError(ValueError):
+class ConfigError(MoshiError, ValueError):
     """A configuration key or value that this implementation does not support."""
 
 
@@ -157,6 +159,11 @@ class LmConfig:
             raise ConfigError(f"dep_q {self.dep_q} exceeds n_q {self.n_q}")
         if self.dep_q > 0 and self.depformer is None:
             raise ConfigError("dep_q > 0 needs a depformer configuration")
+        if self.extra_heads_num_heads:
+            raise ConfigError(
+                f"config key 'extra_heads_num_heads'={self.extra_heads_num_heads} is not supported by moshi_mlx yet "
+                "(extra heads would be loaded but never evaluated)"
+            )
 
     # Special token ids (torch `LMModel` properties).
     @property
@@ -216,7 +223,7 @@ class LmConfig:
         try:
             return cls.from_kyutai_json(data)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: {e}") from e
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -224,7 +231,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e})") from None
+        raise ConfigError(f"{path}: cannot read config ({e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: config must be a JSON object")
     return data
@@ -291,7 +298,8 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
     num_heads = _take(cfg, "num_heads", 8, num)
     num_layers = _take(cfg, "num_layers", 6, num)
     context = _take(cfg, "context", None, num)
-    _take(cfg, "conv_layout", False, (bool,))
+    if _take(cfg, "conv_layout", False, (bool,)):
+        raise ConfigError("config key 'conv_layout'=True is not supported by moshi_mlx yet")
 
     dep_dim = _take(cfg, "depformer_dim", 256, num)
     dep_dff = _take(cfg, "depformer_dim_feedforward", None, (int, list))

@@ -15,6 +15,7 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
+from .errors import InvalidArgument
 from .models.lm import Lm
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
 
@@ -37,7 +38,7 @@ class LmGen:
     ):
         cfg = lm.cfg
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
         self.lm = lm
         self.text_sampler = text_sampler or make_sampler(**TEXT_DEFAULTS)
         self.audio_sampler = audio_sampler or make_sampler(**AUDIO_DEFAULTS)
@@ -72,7 +73,7 @@ class LmGen:
             codes = codes[:, :, 0] if codes.shape[2] == 1 else codes
         B, n = self.batch_size, self.num_user_codebooks
         if codes.ndim != 2 or codes.shape[0] != B or codes.shape[1] < n:
-            raise ValueError(f"user codes must be [{B}, >={n}] or [{B}, >={n}, 1], got {tuple(codes.shape)}")
+            raise InvalidArgument(f"user codes must be [{B}, >={n}] or [{B}, >={n}, 1], got {tuple(codes.shape)}")
         return codes[:, :n].astype(mx.int32)
 
     def step(self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None) -> mx.array | None:
@@ -171,7 +172,7 @@ def stream_text(
     """
     ids = mx.array(prompt_ids).astype(mx.int32)
     if ids.ndim != 2 or ids.shape[1] < 1:
-        raise ValueError(f"prompt_ids must be [B, T] with T >= 1, got {tuple(ids.shape)}")
+        raise InvalidArgument(f"prompt_ids must be [B, T] with T >= 1, got {tuple(ids.shape)}")
     sampler = sampler or make_sampler(0.0)
     key = mx.random.key(seed) if seed is not None else None
     cache = lm.make_cache()

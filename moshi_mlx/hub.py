@@ -12,6 +12,7 @@ files are fetched; with `HF_HUB_OFFLINE=1` (read at call time) only the local ca
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import ConfigError, LmConfig, read_config
+from .errors import MoshiError
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 LM_NAMES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
@@ -32,8 +34,62 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ROLES = ("lm", "tokenizer", "mimi")
 
 
-class HubError(FileNotFoundError):
-    """Model files that cannot be found; the message says what was looked for and where."""
+class HubError(MoshiError, FileNotFoundError):
+    """Model files that cannot be found; the message says what was looked for and where.
+
+    When a download failed, the CLI prints the underlying error (`__cause__`) on a second line."""
+
+    show_cause = True
+
+
+class ModelFileError(MoshiError, ValueError):
+    """A file given as a model that is not one (e.g. an audio file), or a damaged model file."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
+
+# Leading bytes of files people pass by mistake, and what they are.
+_KNOWN_MAGIC = {b"RIFF": "a RIFF/WAVE audio file", b"fLaC": "a FLAC audio file", b"OggS": "an Ogg audio file",
+                b"ID3": "an MP3 audio file", b"PK\x03\x04": "a zip archive (a torch .pt/.pth?)"}
+_MAX_HEADER = 100 * 2**20  # safetensors caps its JSON header at 100 MB
+
+
+def check_safetensors(path: str | Path, what: str = "a model weights file") -> None:
+    """Checks that `path` is a complete safetensors file (header and size) without reading tensors.
+
+    Raises a one-line `ModelFileError` naming the file and what is wrong: not safetensors (and
+    what it seems to be instead), an unreadable header, or fewer bytes than the header promises.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header_bytes = f.read(n) if 0 < n <= min(size - 8, _MAX_HEADER) else b""
+    except OSError as e:
+        raise ModelFileError(path, f"cannot read it ({e.strerror or e})") from e
+    kind = next((k for magic, k in _KNOWN_MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise ModelFileError(path, f"this is {kind}, not {what} (.safetensors)")
+    if not header_bytes:
+        raise ModelFileError(
+            path, f"not a safetensors file, so not {what} ({size} bytes"
+            + (")" if n < 0 else f"; its header length {n} does not fit)")
+        )
+    try:
+        header = json.loads(header_bytes)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise ModelFileError(path, f"not a safetensors file, so not {what} (invalid header: {e})") from e
+    needed = 8 + n + max(ends, default=0)
+    if size < needed:
+        raise ModelFileError(
+            path, f"truncated ({size} bytes where its safetensors header needs {needed}); "
+            "download or copy it again"
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +115,7 @@ class ModelFiles:
         try:
             return LmConfig.from_kyutai_json(arch)
         except ConfigError as e:
-            raise ConfigError(f"{self.config}: {e}") from None
+            raise ConfigError(f"{self.config}: {e}") from e
 
 
 def is_offline() -> bool:
@@ -95,6 +151,8 @@ def resolve(
     if path.is_dir():
         return _from_folder(path, None, require, str(path))
     if path.is_file():
+        if path.suffix != ".json":
+            check_safetensors(path, "a Moshi LM weights file")
         return _from_folder(path.parent, path.name, require, str(path.parent))
     if _REPO_ID.match(text) and not text.startswith((".", "/")):
         return _from_repo(text, None, require, cache_dir)
@@ -134,15 +192,26 @@ def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> P
         return Path(
             snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=offline)
         )
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as e:
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache"
         why = "HF_HUB_OFFLINE is set" if offline else "it could not be downloaded"
-        raise HubError(f"{repo}: not found in {where} and {why}") from None
-    except RepositoryNotFoundError:
-        raise HubError(f"{repo}: no such Hugging Face repo (or it needs a login)") from None
+        err = HubError(f"{repo}: not found in {where} and {why}")
+        err.show_cause = not offline  # the network error says why it could not be downloaded
+        raise err from (e if offline else _root_cause(e))
+    except RepositoryNotFoundError as e:
+        raise HubError(f"{repo}: no such Hugging Face repo (or it needs a login)") from e
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubError(f"{repo}: cannot fetch files ({reason})") from None
+        raise HubError(f"{repo}: cannot fetch files ({reason})") from e
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost error of a chain (e.g. the network error behind huggingface_hub's own)."""
+    seen = {id(e)}
+    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+        e = e.__cause__ or e.__context__
+        seen.add(id(e))
+    return e
 
 
 def _from_repo(repo: str, lm_name: str | None, require: tuple[str, ...], cache_dir: str | Path | None) -> ModelFiles:

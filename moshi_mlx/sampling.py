@@ -14,6 +14,8 @@ from typing import Callable
 
 import mlx.core as mx
 
+from .errors import InvalidArgument
+
 Sampler = Callable[..., mx.array]
 
 TEXT_DEFAULTS = dict(temp=0.7, top_k=25)
@@ -60,6 +62,16 @@ def _categorical(logits: mx.array, temp: float, top_k: int, top_p: float, key: m
     return mx.random.categorical(x, axis=-1, key=key).astype(mx.int32)
 
 
+def check_sampling(temp: float, top_k: int, top_p: float, stream: str = "") -> None:
+    """Raises a one-line `InvalidArgument` for a value no sampler accepts; `stream` names it ("text ")."""
+    if temp < 0:
+        raise InvalidArgument(f"{stream}temperature must be >= 0, got {temp}")
+    if top_k < 0:
+        raise InvalidArgument(f"{stream}top_k must be >= 0, got {top_k}")
+    if not 0.0 <= top_p <= 1.0:
+        raise InvalidArgument(f"{stream}top_p must be in [0, 1], got {top_p}")
+
+
 def make_sampler(temp: float = 0.0, top_k: int = 0, top_p: float = 0.0, compile: bool = True) -> Sampler:
     """Builds a sampler `f(logits, key=None) -> tokens`.
 
@@ -74,12 +86,7 @@ def make_sampler(temp: float = 0.0, top_k: int = 0, top_p: float = 0.0, compile:
         A callable mapping logits ``[..., V]`` (and an optional ``mx.random`` key) to int32
         tokens ``[...]``.
     """
-    if temp < 0:
-        raise ValueError(f"temperature must be >= 0, got {temp}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    check_sampling(temp, top_k, top_p)
     if temp == 0:
         return greedy
     kernel = partial(_categorical, temp=temp, top_k=top_k, top_p=top_p)
@@ -120,6 +127,10 @@ class SamplingParams:
     seed: int | None = None
     text_top_p: float = 0.0
     audio_top_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_sampling(self.text_temp, self.text_top_k, self.text_top_p, "text ")
+        check_sampling(self.audio_temp, self.audio_top_k, self.audio_top_p, "audio ")
 
     def text_sampler(self) -> Sampler:
         return make_sampler(self.text_temp, self.text_top_k, self.text_top_p)

@@ -6,14 +6,29 @@ from pathlib import Path
 
 import sentencepiece
 
+from .errors import MoshiError
+
 SPACE = "\u2581"  # "▁", SentencePiece's word-boundary marker
+
+
+class TokenizerError(MoshiError, ValueError):
+    """A text tokenizer file that is missing or cannot be parsed; the message names it."""
 
 
 class Tokenizer:
     """Wraps a SentencePiece model file: `encode`, `decode` and per-token pieces."""
 
     def __init__(self, path: str | Path):
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: no such text tokenizer file")
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as e:  # e.g. "INTERNAL: could not parse ModelProto"
+            raise TokenizerError(
+                f"{path}: not a SentencePiece text tokenizer (.model) file, or a damaged one; "
+                "download or copy it again"
+            ) from e
 
     @property
     def vocab_size(self) -> int:

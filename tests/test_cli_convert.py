@@ -75,7 +75,7 @@ def test_quantize_reproduces_kyutais_q4_file(tmp_path, capsys):
     [
         (["convert", "{tmp}/nowhere", "{tmp}/out"], "no such file or folder"),
         (["convert", "kyutai/absent-repo", "{tmp}/out"], "HF_HUB_OFFLINE is set"),
-        (["convert", "{junk}", "{tmp}/out"], "not a readable safetensors file"),
+        (["convert", "{junk}", "{tmp}/out"], "not a safetensors file"),
         (["convert", "{q4}", "{tmp}/out", "--quantize", "4"], "already quantized"),
         (["convert", "{bf16}", "{tmp}/out", "--group-size", "32"], "a group size needs a number of bits"),
         (["convert", "{bf16}", "{tmp}/out", "--quantize", "3"], "argument --quantize: invalid choice"),

@@ -52,6 +52,9 @@ def test_metadata_keys_are_accepted():
         ({"num_heads": 30}, "not divisible"),
         ({"dim": "4096"}, "config key 'dim' has type str"),
         ({"depformer_weights_per_step_schedule": [0, 1]}, "schedule has 2 entries"),
+        # Accepted but never used would be silently wrong: refused until implemented.
+        ({"extra_heads_num_heads": 2}, "'extra_heads_num_heads'=2 is not supported"),
+        ({"conv_layout": True}, "'conv_layout'=True is not supported"),
     ],
 )
 def test_bad_configs_raise_clear_errors(change, message):
@@ -79,3 +82,15 @@ def test_ffn_hidden_follows_torch_gating_rule():
     assert TransformerConfig(64, 4, 1, 256, gating="silu").ffn_hidden() == 21 * 64 // 8
     assert TransformerConfig(64, 4, 1, 264, gating="silu").ffn_hidden() == 2 * 264 // 3
     assert TransformerConfig(64, 4, 1, 264, gating="none").ffn_hidden() == 264
+
+
+def test_config_errors_are_user_errors_with_their_cause(tmp_path):
+    from moshi_mlx.errors import MoshiError
+
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(MoshiError) as info:
+        LmConfig.from_file(path)
+    assert isinstance(info.value, ValueError) and info.value.__cause__ is not None
+    raw = {**LmConfig.from_preset("moshi_7b").raw, "extra_heads_num_heads": 0, "conv_layout": False}
+    assert LmConfig.from_kyutai_json(raw).extra_heads_num_heads == 0  # the defaults stay accepted

@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
+torch = require("torch")
+require("moshi")
 
 from gen_reference import GEN_CONFIGS, torch_and_ours  # noqa: E402
 
@@ -53,7 +54,7 @@ def test_greedy_generate_is_consistent_with_torch_forward(prompt_frames, tmp_pat
     silence = rng.integers(0, CONFIG["card"], size=(4,))
     N = 24
     out = MoshiForConditionalGeneration(ours).generate(
-        **prompt, max_new_tokens=N, do_sample=False, user_silence_codes=silence
+        **prompt, max_new_tokens=N, do_sample=False, depth_decoder_do_sample=False, user_silence_codes=silence
     )
     B, T = (2 if prompt else 1), prompt_frames + N
     assert out.sequences.shape == (B, T) and out.audio_codes.shape == (B, CONFIG["dep_q"], T)
@@ -90,7 +91,8 @@ def test_waveform_prompts_and_silence_use_the_codec(tmp_path):
     moshi_wav = rng.uniform(-1, 1, size=(1, 1, frames * FRAME_SIZE)).astype(np.float32)
     text = rng.integers(0, CONFIG["text_card"], size=(1, frames))
     by_wave = model.generate(
-        input_ids=text, user_input_values=user_wav, moshi_input_values=moshi_wav, max_new_tokens=8, do_sample=False
+        input_ids=text, user_input_values=user_wav, moshi_input_values=moshi_wav, max_new_tokens=8, do_sample=False,
+        depth_decoder_do_sample=False,
     )
     padded = np.pad(user_wav, ((0, 0), (0, 0), (0, 300)))
     user_codes = np.array(codec.encode(mx.array(padded)))[:, :4]
@@ -98,7 +100,7 @@ def test_waveform_prompts_and_silence_use_the_codec(tmp_path):
     silence = np.array(codec.encode(mx.zeros((1, 1, FRAME_SIZE))))[0, :4, 0]
     by_codes = MoshiForConditionalGeneration(ours).generate(
         input_ids=text, user_audio_codes=user_codes, moshi_audio_codes=moshi_codes, max_new_tokens=8,
-        do_sample=False, user_silence_codes=silence,
+        do_sample=False, depth_decoder_do_sample=False, user_silence_codes=silence,
     )
     assert np.array_equal(np.array(by_wave.sequences), np.array(by_codes.sequences))
     assert np.array_equal(np.array(by_wave.audio_codes), np.array(by_codes.audio_codes))
@@ -142,3 +144,78 @@ def test_causal_lm_wrapper(tmp_path):
     assert out.shape == (1, 8) and np.array_equal(np.array(out[:, :3]), [[1, 2, 3]])
     with pytest.raises(ValueError, match="tokenizer"):
         lm.generate(prompt="hi")
+
+
+def forward_argmax(ref, out, user: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch `LMModel.forward`'s text and audio argmax (and audio mask) for a generated sequence."""
+    from moshi.utils.compile import no_compile
+
+    text, audio = np.array(out.sequences), np.array(out.audio_codes)
+    codes = np.concatenate([text[:, None], audio, user], axis=1).astype(np.int64)
+    with no_compile(), torch.no_grad():
+        ref_out = ref(torch.from_numpy(codes))
+    return ref_out.text_logits[:, 0].argmax(-1).numpy(), ref_out.logits.argmax(-1).numpy(), ref_out.mask.numpy()
+
+
+def test_unprefixed_parameters_drive_text_and_depth_decoder_ones_audio(tmp_path):
+    """transformers' meanings: `do_sample`/`temperature`/`top_k` sample the text stream,
+    `depth_decoder_*` the audio codebooks. Greedy on one side shows as argmax of the forward."""
+    ref, ours = torch_and_ours(CONFIG, tmp_path, seed=46)
+    model = MoshiForConditionalGeneration(ours)
+    silence = np.array([5, 6, 7, 8])
+    user = np.broadcast_to(silence[None, :, None], (1, 4, 29)).copy()
+    hot = dict(temperature=3.0, top_k=0, depth_decoder_temperature=3.0, depth_decoder_top_k=0)
+
+    greedy_text = model.generate(max_new_tokens=29, do_sample=False, seed=1, user_silence_codes=silence, **hot)
+    text_pred, audio_pred, mask = forward_argmax(ref, greedy_text, user)
+    assert np.array_equal(np.array(greedy_text.sequences), text_pred)  # text greedy
+    audio = np.array(greedy_text.audio_codes)
+    assert (audio[mask] != audio_pred[mask]).mean() > 0.3  # audio sampled (hot, unfiltered)
+
+    greedy_audio = model.generate(max_new_tokens=29, depth_decoder_do_sample=False, seed=1,
+                                  user_silence_codes=silence, **hot)
+    text_pred, audio_pred, mask = forward_argmax(ref, greedy_audio, user)
+    audio = np.array(greedy_audio.audio_codes)
+    assert np.array_equal(audio[mask], audio_pred[mask])  # audio greedy
+    assert (np.array(greedy_audio.sequences) != text_pred).mean() > 0.3  # text sampled
+
+
+def test_sampler_parameters_reach_the_right_stream(tmp_path, monkeypatch):
+    """A spy on the generator: which sampler settings drive text and audio, defaults included."""
+    import moshi_mlx.api as api
+    from moshi_mlx.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, greedy
+
+    _, ours = torch_and_ours(CONFIG, tmp_path, seed=47)
+    seen = []
+
+    class SpyGen(api.LmGen):
+        def __init__(self, lm, text_sampler, audio_sampler, **kw):
+            seen.append((text_sampler, audio_sampler))
+            super().__init__(lm, text_sampler, audio_sampler, **kw)
+
+    monkeypatch.setattr(api, "LmGen", SpyGen)
+    settings = lambda s: "greedy" if s is greedy else (s.temp, s.top_k, s.top_p)  # noqa: E731
+    model = MoshiForConditionalGeneration(ours)
+    silence = [0, 0, 0, 0]
+    model.generate(max_new_tokens=1, user_silence_codes=silence)
+    model.generate(max_new_tokens=1, user_silence_codes=silence, temperature=0.5, top_k=7, top_p=0.9,
+                   depth_decoder_temperature=0.6, depth_decoder_top_k=11, depth_decoder_top_p=0.8)
+    model.generate(max_new_tokens=1, user_silence_codes=silence, do_sample=False)
+    model.generate(max_new_tokens=1, user_silence_codes=silence, depth_decoder_do_sample=False)
+    assert [tuple(map(settings, pair)) for pair in seen] == [
+        ((TEXT_DEFAULTS["temp"], TEXT_DEFAULTS["top_k"], 1.0), (AUDIO_DEFAULTS["temp"], AUDIO_DEFAULTS["top_k"], 1.0)),
+        ((0.5, 7, 0.9), (0.6, 11, 0.8)),
+        ("greedy", (AUDIO_DEFAULTS["temp"], AUDIO_DEFAULTS["top_k"], 1.0)),
+        ((TEXT_DEFAULTS["temp"], TEXT_DEFAULTS["top_k"], 1.0), "greedy"),
+    ]
+    assert (TEXT_DEFAULTS["temp"], TEXT_DEFAULTS["top_k"], AUDIO_DEFAULTS["temp"], AUDIO_DEFAULTS["top_k"]) == (
+        0.7, 25, 0.8, 250)  # kmhf/hf-moshiko's generation config: top level 0.7/25, depth decoder 0.8/250
+
+
+def test_causal_lm_samples_with_the_text_defaults(tmp_path):
+    _, ours = torch_and_ours(CONFIG, tmp_path, seed=48)
+    lm = MoshiForCausalLM(ours)
+    greedy = {tuple(np.array(lm.generate(input_ids=[[1, 2, 3]], max_new_tokens=12, do_sample=False, seed=s))[0])
+              for s in range(3)}
+    sampled = {tuple(np.array(lm.generate(input_ids=[[1, 2, 3]], max_new_tokens=12, seed=s))[0]) for s in range(3)}
+    assert len(greedy) == 1 and len(sampled) > 1  # do_sample defaults to True, as the published config says

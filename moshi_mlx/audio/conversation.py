@@ -11,9 +11,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..errors import InvalidArgument
 from ..generate import LmGen
 from ..hub import DEFAULT_REPO
-from ..models.codec import MimiLike
+from ..models.codec import FRAME_SIZE, MimiLike
 from ..sampling import SamplingParams
 from ..weights.pretrained import load_pretrained
 
@@ -37,16 +38,23 @@ class FrameResult:
 
 
 class Conversation:
-    """Mimi encode -> `LmGen.step` -> Mimi decode, with one evaluation boundary per frame."""
+    """Mimi encode -> `LmGen.step` -> Mimi decode, with one evaluation boundary per frame.
+
+    One conversation at a time (batch size 1); `frame_size` defaults to Mimi's (`MimiConfig.frame_size`)."""
 
     def __init__(
         self,
         lm_gen: LmGen,
         mimi: MimiLike,
         text: TextStream | None = None,
-        frame_size: int = 1920,
+        frame_size: int = FRAME_SIZE,
     ):
         cfg = lm_gen.lm.cfg
+        if lm_gen.batch_size != 1:
+            raise InvalidArgument(
+                f"a Conversation is one stream of audio: its LmGen must have batch_size 1, got {lm_gen.batch_size} "
+                "(for batches use LmGen directly, or MoshiForConditionalGeneration.generate)"
+            )
         self.lm_gen = lm_gen
         self.mimi = mimi
         self.frame_size = frame_size
@@ -97,7 +105,7 @@ class Conversation:
         """Processes one frame of `frame_size` float32 samples of the user's voice (24 kHz mono)."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if pcm.shape[0] != self.frame_size:
-            raise ValueError(f"expected a frame of {self.frame_size} samples, got {pcm.shape[0]}")
+            raise InvalidArgument(f"expected a frame of {self.frame_size} samples, got {pcm.shape[0]}")
         codes = self.mimi.encode_step(pcm[None, None, :])
         tokens = self.lm_gen.step(codes[:, : self.lm_gen.num_user_codebooks, 0])
         self.steps += 1

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from ..errors import MoshiError
 from .duplex import DuplexLoop
 
 
-class AudioDeviceError(OSError):
+class AudioDeviceError(MoshiError, OSError):
     """No usable audio device; the message says which one and why."""
 
 

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from ..config import LmConfig
+from ..weights.common import DTYPES
+from ..weights.quantize import default_group_size, group_size_help
 from .common import ArgumentParser, run
+
 
 def bench_configs() -> dict[str, dict]:
     """Architectures to time, as Kyutai config dicts. "small" keeps the 7B's vocabularies and
@@ -56,7 +60,7 @@ def time_ours(config: dict, dtype: str, bits: int | None, group_size: int, steps
     from ..models.lm import Lm
 
     model = Lm(LmConfig.from_kyutai_json(config))
-    model.set_dtype(getattr(mx, dtype))
+    model.set_dtype(DTYPES[dtype])
     _quantize(model, bits, group_size)
     mx.eval(model.parameters())
     mx.random.seed(0)
@@ -108,7 +112,8 @@ def time_kyutai(
     python: str, config: dict, dtype: str, bits: int | None, group_size: int, steps: int, warmup: int
 ) -> list[float]:
     """Milliseconds per step of Kyutai's `moshi_mlx` `LmGen`, run by `python` (its own venv)."""
-    args = dict(config=config, dtype=dtype, bits=bits, group_size=group_size, steps=steps, warmup=warmup)
+    mx_name = str(DTYPES[dtype]).rsplit(".", 1)[-1]  # "bf16" -> "bfloat16", an `mx` attribute
+    args = dict(config=config, dtype=mx_name, bits=bits, group_size=group_size, steps=steps, warmup=warmup)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [python, "-c", _KYUTAI_SCRIPT, json.dumps(args)], capture_output=True, text=True, env=env, cwd="/"
@@ -121,9 +126,9 @@ def time_kyutai(
 
 def run_bench(
     config: str = "small",
-    dtype: str = "float32",
+    dtype: str = "fp32",
     bits: int | None = None,
-    group_size: int = 64,
+    group_size: int | None = None,
     steps: int = 20,
     warmup: int = 3,
     rounds: int = 3,
@@ -133,8 +138,11 @@ def run_bench(
     """Times both implementations `rounds` times, alternating, and prints medians and the ratio."""
     configs = bench_configs()
     if config not in configs:
-        raise ValueError(f"unknown bench config {config!r} (choose from {', '.join(configs)})")
+        raise InvalidArgument(f"unknown bench config {config!r} (choose from {', '.join(configs)})")
     cfg = configs[config]
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    group_size = group_size or (default_group_size(bits) if bits else 64)
     results = {"ours": Timing("ours", [])}
     if kyutai_python:
         results["kyutai"] = Timing("kyutai", [])
@@ -153,11 +161,18 @@ def run_bench(
 
 
 def configure_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="moshi-mlx bench", description=__doc__)
-    p.add_argument("--config", default="small", choices=sorted(bench_configs()), help="architecture (random weights)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quantize", type=int, choices=[4, 8], default=None, help="quantize to this many bits")
-    p.add_argument("--group-size", type=int, default=None, help="quantization group size (default 32 for q4, 64 for q8)")
+    p = ArgumentParser(
+        prog="moshi-mlx bench", description=__doc__,
+        epilog="examples:\n  moshi-mlx bench --config tiny --steps 10\n"
+        "  moshi-mlx bench --config 7b --dtype bf16 --quantize 4 --kyutai-python ~/kyutai-venv/bin/python",
+    )
+    p.add_argument("--config", default="small", choices=sorted(bench_configs()),
+                   help="architecture, with random weights: 7b (Moshi), small (1024 wide, 8 layers), tiny")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="compute dtype of the LM")
+    p.add_argument("--quantize", type=int, choices=[4, 8], default=None,
+                   help="quantize Linear and Embedding weights to this many bits (default: not quantized)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help=f"quantization group size (default: {group_size_help()})")
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per implementation")
@@ -172,10 +187,9 @@ def configure_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = configure_parser().parse_args(argv)
-    group = args.group_size or (32 if args.quantize == 4 else 64)
     run(
         "moshi-mlx bench",
         lambda: run_bench(
-            args.config, args.dtype, args.quantize, group, args.steps, args.warmup, args.rounds, args.kyutai_python
+            args.config, args.dtype, args.quantize, args.group_size, args.steps, args.warmup, args.rounds, args.kyutai_python
         ),
     )

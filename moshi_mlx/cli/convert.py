@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..weights.common import DTYPES
+from ..weights.quantize import SUPPORTED_GROUP_SIZES, group_size_help
 from .common import ArgumentParser, run
 
 PROG = "moshi-mlx convert"
@@ -10,17 +12,21 @@ PROG = "moshi-mlx convert"
 def configure_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Convert a Moshi LM checkpoint (Kyutai torch or MLX bf16/q8/q4, or ours) to a new folder "
-        "with model.safetensors + config.json, copying the tokenizer and Mimi files when present.",
+        description="Convert a Moshi LM checkpoint (Kyutai torch or MLX bf16/q8/q4, or ours) to a new folder\n"
+        "with model.safetensors + config.json, copying the tokenizer and Mimi files when present.\n"
+        "Nothing is written unless the whole conversion succeeds.",
+        epilog="examples:\n"
+        "  moshi-mlx convert kyutai/moshiko-pytorch-bf16 ./moshiko-bf16\n"
+        "  moshi-mlx convert ./model.safetensors ./moshiko-q4 --quantize 4",
     )
     parser.add_argument("src", help="weights file, folder, org/repo or hf://org/repo/file")
     parser.add_argument("out_dir", help="output folder (must not exist or be empty)")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="floating dtype of the output (default: the source's)")
     parser.add_argument("--quantize", type=int, choices=[4, 8], default=None, dest="bits",
                         help="quantize Linear and Embedding weights to this many bits")
-    parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=None,
-                        help="quantization group size (default: 32 for 4 bits, 64 for 8 bits)")
+    parser.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=None,
+                        help=f"weights per quantization scale and bias; needs --quantize (default: {group_size_help()})")
     return parser
 
 

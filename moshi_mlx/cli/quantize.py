@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..weights.common import DTYPES
+from ..weights.quantize import SUPPORTED_GROUP_SIZES, group_size_help
 from .common import ArgumentParser
 from .convert import convert_from_args
 
@@ -11,14 +13,16 @@ PROG = "moshi-mlx quantize"
 def configure_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Quantize a Moshi LM checkpoint (MLX affine; norms stay in floating point) into a new folder.",
+        description="Quantize an unquantized Moshi LM checkpoint (MLX affine quantization of every Linear and\n"
+        "Embedding; norms stay in floating point) into a new folder, with the tokenizer and Mimi files.",
+        epilog="example:\n  moshi-mlx quantize kyutai/moshiko-mlx-bf16 ./moshiko-q8 --bits 8",
     )
     parser.add_argument("src", help="weights file, folder, org/repo or hf://org/repo/file")
     parser.add_argument("out_dir", help="output folder (must not exist or be empty)")
-    parser.add_argument("--bits", type=int, choices=[4, 8], default=4, help="bits per weight (default: 4)")
-    parser.add_argument("--group-size", type=int, choices=[32, 64, 128], default=None,
-                        help="weights per scale/bias (default: 32 for 4 bits, 64 for 8 bits, as Kyutai publishes)")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+    parser.add_argument("--bits", type=int, choices=[4, 8], default=4, help="bits per weight")
+    parser.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=None,
+                        help=f"weights per scale and bias (default: {group_size_help()}, as Kyutai publishes)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="dtype of scales, biases and norms (default: the source's)")
     return parser
 

@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..config import MimiConfig
+from ..errors import MoshiError
 from .mimi import check_codes, check_pcm
 
 FRAME_SIZE = MimiConfig.mimi_202407().frame_size
@@ -48,7 +49,7 @@ def _codes(codes: mx.array | np.ndarray, name: str, num_codebooks: int, frames: 
 BACKENDS = ("mlx", "rust")
 
 
-class BackendError(ValueError):
+class BackendError(MoshiError, ValueError):
     """A Mimi backend that is unknown or not installed."""
 
 

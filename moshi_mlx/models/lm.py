@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..errors import InvalidArgument
 from ..config import LmConfig
 from ..modules.attention import Cache
 from ..modules.kv_cache import KVCache
@@ -118,7 +119,6 @@ class Lm(nn.Module):
             self.depformer_emb = [ScaledEmbedding(cfg.card + 1, ddim, low_rank) for _ in range(cfg.dep_q - 1)]
             self.depformer = Transformer(dcfg)
             self.linears = [nn.Linear(ddim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.dep_q)]
-        self.extra_heads = [nn.Linear(dim, cfg.extra_heads_dim, bias=False) for _ in range(cfg.extra_heads_num_heads)]
 
     # ----------------------------------------------------------------------------------------------
     # Caches
@@ -157,7 +157,7 @@ class Lm(nn.Module):
     def step(self, tokens: mx.array, cache: list[Cache]) -> tuple[mx.array, mx.array]:
         """One streaming temporal step on `[B, K, 1]` tokens; same as `forward_text` with a cache."""
         if tokens.ndim != 3 or tokens.shape[1] != self.cfg.num_codebooks:
-            raise ValueError(f"step expects tokens [B, {self.cfg.num_codebooks}, T], got {tuple(tokens.shape)}")
+            raise InvalidArgument(f"step expects tokens [B, {self.cfg.num_codebooks}, T], got {tuple(tokens.shape)}")
         return self.forward_text(tokens, cache)
 
     # ----------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ class Lm(nn.Module):
         """Logits for undelayed `codes` `[B, K, T]`, aligned with them (torch `LMModel.forward`)."""
         cfg = self.cfg
         if codes.ndim != 3 or codes.shape[1] != cfg.num_codebooks:
-            raise ValueError(f"expected codes [B, {cfg.num_codebooks}, T], got {tuple(codes.shape)}")
+            raise InvalidArgument(f"expected codes [B, {cfg.num_codebooks}, T], got {tuple(codes.shape)}")
         B = codes.shape[0]
         initial = self.initial_tokens(B)
         delayed = delay_sequence(cfg.delays, codes.astype(mx.int32), initial)

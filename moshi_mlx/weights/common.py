@@ -9,21 +9,42 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ..errors import InvalidArgument, MoshiError
+from ..hub import ModelFileError, check_safetensors
 
-class WeightsError(ValueError):
+
+# The one spelling of floating dtypes across commands and loaders (`--dtype bf16`).
+DTYPES: dict[str, mx.Dtype] = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}
+
+
+def parse_dtype(name: str | None) -> mx.Dtype | None:
+    """The MLX dtype named `name` (a key of `DTYPES`); None stays None (keep the checkpoint's)."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise InvalidArgument(f"unsupported dtype {name!r} (supported: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+class WeightsError(MoshiError, ValueError):
     """A checkpoint that does not fit the model: the message names the file, key and shapes."""
 
 
-def read_safetensors(path: str | Path) -> dict[str, mx.array]:
-    """Reads every tensor of a safetensors file (lazily mapped by MLX)."""
+def read_safetensors(path: str | Path, what: str = "a model weights file") -> dict[str, mx.array]:
+    """Reads every tensor of a safetensors file (lazily mapped by MLX), after checking its header
+    and size (`moshi_mlx.hub.check_safetensors`); `what` names the expected content in errors."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:
+        check_safetensors(path, what)
+    except ModelFileError as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e.problem})") from e
+    try:
         return dict(mx.load(str(path), format="safetensors"))
     except Exception as e:  # MLX raises RuntimeError/ValueError with multi-line messages
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a readable safetensors file ({reason})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({reason})") from e
 
 
 def strict_load(

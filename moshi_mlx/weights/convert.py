@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
-
+from ..errors import InvalidArgument
 from ..hub import resolve
+from .common import parse_dtype
 from .load import load_lm
 from .quantize import model_quantization, quantize_lm
 from .save import save_lm
-
-DTYPES = {"bf16": mx.bfloat16, "fp32": mx.float32}
-
 
 def convert(
     src: str | Path,
@@ -29,15 +26,14 @@ def convert(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new output folder")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    mx_dtype = parse_dtype(dtype)
     if group_size is not None and bits is None:
-        raise ValueError("a group size needs a number of bits to quantize to")
+        raise InvalidArgument("a group size needs a number of bits to quantize to")
     files = resolve(src, require=("lm",))
-    model = load_lm(files.lm, dtype=DTYPES[dtype] if dtype else None, files=files)
+    model = load_lm(files.lm, dtype=mx_dtype, files=files)
     if bits is not None:
         if model_quantization(model) is not None:
-            raise ValueError(f"{files.lm}: already quantized; quantize from an unquantized (e.g. bf16) checkpoint")
+            raise InvalidArgument(f"{files.lm}: already quantized; quantize from an unquantized (e.g. bf16) checkpoint")
         quantize_lm(model, bits, group_size)
     extra = [f for f in (files.tokenizer, files.mimi) if f is not None]
     return save_lm(model, out_dir, extra)

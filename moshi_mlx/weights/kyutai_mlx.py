@@ -26,8 +26,6 @@ def module_table(cfg: LmConfig) -> dict[str, str]:
     table: dict[str, str] = {name: name for name in ("text_emb", "text_linear", "out_norm")}
     for i in range(cfg.n_q):
         table[f"audio_embs.{i}"] = f"emb.{i}"
-    for i in range(cfg.extra_heads_num_heads):
-        table[f"extra_heads.{i}"] = f"extra_heads.{i}"
     for layer in range(cfg.transformer.num_layers):
         p = f"transformer.layers.{layer}"
         table[f"{p}.self_attn.in_proj"] = f"{p}.self_attn.in_projs.0"

@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 from ..config import MimiConfig
 from ..models.mimi import Mimi
 from ..models.codec import MimiLike, RustMimi, check_backend, default_backend
+from ..hub import check_safetensors
 from .common import WeightsError, read_safetensors, strict_load
 
 Array = mx.array | np.ndarray
@@ -222,6 +223,7 @@ def load_mimi_backend(path: str | Path, backend: str | None = None, num_codebook
     """A Mimi from a Kyutai torch checkpoint, computed by MLX (`"mlx"`) or rustymimi (`"rust"`);
     `None` picks `moshi_mlx.models.codec.default_backend()`."""
     backend = check_backend(backend or default_backend())
+    check_safetensors(path, "a Mimi weights file")  # rustymimi's own errors name neither file nor problem
     if backend == "mlx":
         return load_mimi(path, MimiConfig.mimi_202407(num_codebooks))
     return RustMimi(path, num_codebooks)

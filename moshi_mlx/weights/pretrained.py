@@ -36,7 +36,8 @@ def load_pretrained(
         dtype: LM compute dtype; default: the checkpoint's.
     """
     files = resolve(source)
+    tokenizer = Tokenizer(files.tokenizer)  # the quickest file to check: a bad one fails before the big ones load
     lm = load_lm(source, dtype=dtype, files=files)
     cfg = lm.cfg
     mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks=max(cfg.dep_q, cfg.n_q - cfg.dep_q))
-    return Pretrained(lm, mimi, Tokenizer(files.tokenizer), files)
+    return Pretrained(lm, mimi, tokenizer, files)

@@ -13,12 +13,23 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..errors import InvalidArgument
 from .common import WeightsError
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 # Kyutai's published choices (moshiko-mlx-q4 / -q8); used when a caller gives bits only.
 DEFAULT_GROUP_SIZE = {4: 32, 8: 64}
+
+
+def default_group_size(bits: int) -> int:
+    """The group size used when only `bits` is given: 32 for 4 bits, 64 otherwise (as Kyutai publishes)."""
+    return DEFAULT_GROUP_SIZE.get(bits, 64)
+
+
+def group_size_help() -> str:
+    """How the default group size is chosen, for command-line help."""
+    return ", ".join(f"{g} for {b} bits" for b, g in DEFAULT_GROUP_SIZE.items())
 
 
 def infer_quantization(
@@ -81,14 +92,14 @@ def quantize_lm(model: nn.Module, bits: int, group_size: int | None = None) -> t
     Norms stay in floating point. Returns `(group_size, bits)`.
     """
     if bits not in SUPPORTED_BITS:
-        raise ValueError(f"unsupported bits {bits} (supported: {', '.join(map(str, SUPPORTED_BITS))})")
-    group_size = group_size or DEFAULT_GROUP_SIZE.get(bits, 64)
+        raise InvalidArgument(f"unsupported bits {bits} (supported: {', '.join(map(str, SUPPORTED_BITS))})")
+    group_size = group_size or default_group_size(bits)
     if group_size not in SUPPORTED_GROUP_SIZES:
         raise ValueError(
             f"unsupported group size {group_size} (supported: {', '.join(map(str, SUPPORTED_GROUP_SIZES))})"
         )
     if model_quantization(model) is not None:
-        raise ValueError("the model is already quantized")
+        raise InvalidArgument("the model is already quantized")
 
     def predicate(path: str, m: nn.Module) -> bool:
         return hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
