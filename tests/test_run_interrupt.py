@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_model import tiny_model_dir
 
 from moshi_mlx.audio.conversation import Conversation
 from moshi_mlx.audio.io import read_audio, write_wav
 from moshi_mlx.audio.run_file import FileRun
 from moshi_mlx.models.codec import default_backend
 from moshi_mlx.sampling import SamplingParams
-from tiny_model import tiny_model_dir
 
 SPEECH = Path(__file__).resolve().parent / "assets" / "speech_24k.wav"
 SEED = 2

@@ -8,11 +8,13 @@ Exit status: 0 done, 130 Ctrl-C (SIGINT), 143 SIGTERM, 2 bad input or a failure 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
+import traceback
 
 from ..audio.run_file import FileRun
-from .common import USER_ERRORS, ArgumentParser, run
+from .common import USER_ERRORS, ArgumentParser, debug_enabled, describe, run
 from .loading import add_model_arguments, load_conversation
 from .progress import ProgressBar
 
@@ -26,7 +28,8 @@ def configure_parser() -> ArgumentParser:
                    "from disk, other formats are decoded whole first")
     p.add_argument("output", help="wav file for Moshi's voice (24 kHz mono 16-bit, time-aligned with the input, "
                    "its length rounded up to whole 80 ms frames); missing folders are created")
-    p.add_argument("--text-out", default=None, help="also write Moshi's text to this file (as it comes)")
+    p.add_argument("--text-out", default=None, help="also write Moshi's text to this file, as it comes (missing "
+                   "folders are created)")
     add_model_arguments(p)
     return p
 
@@ -74,17 +77,11 @@ class _TextOut:
             sys.stdout.flush()
             return
         self.pending += piece
-        width = max(20, self.bar_width() - 1)
+        width = max(20, shutil.get_terminal_size().columns - 1)
         while len(self.pending) > width:
             cut = self.pending.rfind(" ", 0, width) + 1 or width
             self._line(self.pending[:cut].rstrip())
             self.pending = self.pending[cut:]
-
-    @staticmethod
-    def bar_width() -> int:
-        import shutil
-
-        return shutil.get_terminal_size().columns
 
     def _line(self, text: str) -> None:
         self.bar.clear()
@@ -104,10 +101,10 @@ class _TextOut:
 
 
 def _where(job: FileRun) -> str:
-    done = min(job.steps, job.total_frames)
+    done, total, written = min(job.steps, job.total_frames), job.total_frames, job.frames_written
     text = f", {job.text_out} the text so far" if job.text_out is not None else ""
-    return (f"at frame {done} of {job.total_frames} ({job.seconds(done):.2f} s of {job.seconds(job.total_frames):.2f} s); "
-            f"{job.output} holds the answer's first {job.frames_written} frames ({job.seconds(job.frames_written):.2f} s){text}")
+    return (f"at frame {done} of {total} ({job.seconds(done):.2f} s of {job.seconds(total):.2f} s); "
+            f"{job.output} holds the answer's first {written} frames ({job.seconds(written):.2f} s){text}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,9 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                 reason, stopper.code = "interrupted (Ctrl-C, SIGINT)", EXIT_SIGINT
             except Exception as e:
                 text.end()
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"{PROG}: stopped by an error {_where(job)}: {message}", file=sys.stderr)
-                if isinstance(e, USER_ERRORS):
+                user_error = isinstance(e, USER_ERRORS)
+                if user_error and debug_enabled():
+                    traceback.print_exception(e)
+                print(f"{PROG}: stopped by an error {_where(job)}: {describe(e)}", file=sys.stderr)
+                if user_error:
                     sys.exit(EXIT_ERROR)
                 raise  # a bug: keep its traceback
         text.end()
