@@ -94,7 +94,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         default = action.default
         if (
             "default" in text.lower()
-            or default in (None, False, argparse.SUPPRESS)
+            or default is None
+            or default is False  # store_true flags (0 and 0.0 defaults are shown)
+            or default == argparse.SUPPRESS
             or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
             or action.option_strings == []
         ):
