@@ -8,10 +8,14 @@ projections -> Linear `[out, in]`) and each codebook computed as
 spellings: published (`in_proj_weight`, `out_proj.weight`) and torch 0.2.13 `state_dict()`
 (`in_projs.0.weight`, `out_projs.0.weight`). Every codebook level of the file must be
 present (32 for the published Mimi); only `cfg.num_codebooks` are loaded.
+
+`save_mimi` goes the other way: our `Mimi` -> a checkpoint in the published spelling, which
+torch moshi (`get_mimi`), rustymimi (published architecture only) and `load_mimi` read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -21,9 +25,10 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..config import MimiConfig
-from ..models.mimi import Mimi
-from ..models.codec import MimiLike, RustMimi, check_backend, default_backend
+from ..files import atomic_path
 from ..hub import check_safetensors
+from ..models.codec import BackendError, MimiLike, RustMimi, check_backend, default_backend
+from ..models.mimi import Mimi
 from .common import WeightsError, read_safetensors, strict_load
 
 Array = mx.array | np.ndarray
@@ -219,11 +224,75 @@ def load_mimi(path_or_state: str | Path | Mapping[str, Array], cfg: MimiConfig |
     return model
 
 
-def load_mimi_backend(path: str | Path, backend: str | None = None, num_codebooks: int = 8) -> MimiLike:
-    """A Mimi from a Kyutai torch checkpoint, computed by MLX (`"mlx"`) or rustymimi (`"rust"`);
-    `None` picks `moshi_mlx.models.codec.default_backend()`."""
+def is_published(cfg: MimiConfig) -> bool:
+    """Whether `cfg` is the published Mimi architecture (any number of codebooks in use)."""
+    return dataclasses.replace(cfg, num_codebooks=8) == MimiConfig.mimi_202407()
+
+
+def load_mimi_backend(
+    path: str | Path, backend: str | None = None, num_codebooks: int = 8, cfg: MimiConfig | None = None
+) -> MimiLike:
+    """A Mimi from a Kyutai torch checkpoint, computed by MLX (`"mlx"`) or rustymimi (`"rust"`).
+
+    `cfg` is the checkpoint's architecture (default: the published Mimi); `num_codebooks` replaces
+    its count in use. rustymimi runs only the published architecture: for another, `None` picks
+    `"mlx"` and `"rust"` is refused; otherwise `None` picks `moshi_mlx.models.codec.default_backend()`.
+    """
+    cfg = MimiConfig.mimi_202407(num_codebooks) if cfg is None else dataclasses.replace(cfg, num_codebooks=num_codebooks)
+    if not is_published(cfg):
+        if backend == "rust":
+            raise BackendError(
+                f"{path}: this Mimi is not the published architecture (see its mimi_config_name file); "
+                "rustymimi cannot run it: use --mimi-backend mlx"
+            )
+        backend = backend or "mlx"
     backend = check_backend(backend or default_backend())
-    check_safetensors(path, "a Mimi weights file")  # rustymimi's own errors name neither file nor problem
     if backend == "mlx":
-        return load_mimi(path, MimiConfig.mimi_202407(num_codebooks))
+        return load_mimi(path, cfg)
+    check_safetensors(path, "a Mimi weights file")  # rustymimi's own errors name neither file nor cause
     return RustMimi(path, num_codebooks)
+
+
+def _from_ours(entry: _Entry, w: np.ndarray) -> np.ndarray:
+    """Inverse of `_TRANSFORMS`: our parameter -> the checkpoint's layout."""
+    if entry.kind == "conv":
+        return w.transpose(0, 2, 1)
+    if entry.kind == "convtr":
+        out, k, ipg = w.shape
+        g = entry.groups
+        return w.reshape(g, out // g, k, ipg).transpose(0, 3, 1, 2).reshape(g * ipg, out // g, k)
+    if entry.kind == "proj":
+        return w[..., None]
+    return w
+
+
+def mimi_torch_state(model: Mimi) -> dict[str, np.ndarray]:
+    """`model`'s weights as a Kyutai torch checkpoint (published spelling, fp32, unit cluster usage).
+
+    The model must hold every codebook level of its config (`num_codebooks == quantizer_n_q`)."""
+    cfg = model.cfg
+    if cfg.num_codebooks != cfg.quantizer_n_q:
+        raise ValueError(
+            f"a Mimi checkpoint holds all {cfg.quantizer_n_q} codebook levels; this model has {cfg.num_codebooks}"
+        )
+    ours = {k: np.asarray(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
+    state: dict[str, np.ndarray] = {}
+    for key, entry in mimi_key_table(cfg).items():
+        name = key.replace("self_attn.in_projs.0.weight", "self_attn.in_proj_weight")
+        name = name.replace("self_attn.out_projs.0.weight", "self_attn.out_proj.weight")
+        if entry.kind == "codebook_flag":
+            state[name] = np.ones((1,), np.float32)
+        elif entry.kind == "codebook_usage":
+            state[name] = np.ones(ours[entry.ours].shape[:1], np.float32)
+        else:
+            state[name] = np.ascontiguousarray(_from_ours(entry, ours[entry.ours]))
+    return state
+
+
+def save_mimi(model: Mimi, path: str | Path) -> Path:
+    """Writes `model` as a Kyutai torch Mimi safetensors file, atomically (a temporary file renamed)."""
+    path = Path(path)
+    state = {k: mx.array(v) for k, v in mimi_torch_state(model).items()}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        mx.save_safetensors(f, state)  # a file object: MLX would append ".safetensors" to a name
+    return path
