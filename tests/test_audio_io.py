@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import unavailable
 
 from moshi_mlx.audio.io import (
     AudioError,
@@ -94,7 +95,7 @@ def sox(tmp_path, name, *args) -> str:
     import subprocess
 
     if shutil.which("sox") is None:
-        pytest.skip("sox is not installed")
+        unavailable("sox", "sox is not installed")
     out = str(tmp_path / name)
     subprocess.run(["sox", "-n", *args, out, "synth", "1.3", "sine", "300", "sine", "700"], check=True)
     return out

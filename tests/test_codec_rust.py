@@ -5,10 +5,11 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("torch")
-pytest.importorskip("moshi")
-pytest.importorskip("rustymimi")
+require("torch")
+require("moshi")
+require("rustymimi")
 import mimi_reference as ref
 
 from moshi_mlx.models.codec import RustMimi

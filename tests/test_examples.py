@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-import pytest
+from conftest import require
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -30,7 +30,7 @@ def test_train_step_lowers_the_loss():
 
 
 def test_text_helium_streams_text(tmp_path):
-    pytest.importorskip("sentencepiece")
+    require("sentencepiece")
     helium = load_example("text_helium")
     tokenizer = helium.tiny_tokenizer(tmp_path)
     lm = helium.tiny_helium(tokenizer.vocab_size)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
+torch = require("torch")
+require("moshi")
 
 from gen_reference import GEN_CONFIGS, torch_and_ours, torch_greedy_stream  # noqa: E402
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
+torch = require("torch")
+require("moshi")
 
 from lm_reference import CONFIGS, build_torch_lm, random_codes, save_checkpoint  # noqa: E402
 

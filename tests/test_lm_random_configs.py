@@ -7,9 +7,10 @@ import random
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
+torch = require("torch")
+require("moshi")
 
 from lm_reference import build_torch_lm, random_codes, save_checkpoint
 from test_lm_parity import ATOL, load_ours, max_abs

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
+from conftest import require
 
-pytest.importorskip("torch")
-pytest.importorskip("moshi")
+require("torch")
+require("moshi")
 
 from lm_reference import MOSHI_LIKE, build_torch_lm, published_state_dict
 

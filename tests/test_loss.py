@@ -6,10 +6,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from conftest import require
 from mlx.utils import tree_flatten
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
+torch = require("torch")
+require("moshi")
 
 from gen_reference import GEN_CONFIGS, torch_and_ours  # noqa: E402
 from lm_reference import CONFIGS, random_codes  # noqa: E402

@@ -5,16 +5,21 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
 from moshi_mlx.config import SeanetConfig
 from moshi_mlx.modules.conv import StreamingConv1d, StreamingConvTranspose1d
 from moshi_mlx.modules.quantizer import Codebook, SplitResidualVectorQuantizer
 from moshi_mlx.modules.seanet import SeanetDecoder, SeanetEncoder
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("moshi")
-from moshi.modules.conv import StreamingConv1d as TorchConv1d  # noqa: E402
-from moshi.modules.conv import StreamingConvTranspose1d as TorchConvTr1d  # noqa: E402
+
+def _torch_reference():
+    """torch and Kyutai's streaming convs; only the tests comparing with them need these."""
+    torch = require("torch")
+    require("moshi")
+    from moshi.modules.conv import StreamingConv1d, StreamingConvTranspose1d
+
+    return torch, StreamingConv1d, StreamingConvTranspose1d
 
 
 def _np(x: mx.array) -> np.ndarray:
@@ -33,6 +38,7 @@ CONV_CASES = [  # (k, stride, dilation, groups, pad_mode)
 
 @pytest.mark.parametrize("k,stride,dilation,groups,pad_mode", CONV_CASES)
 def test_conv1d_matches_torch_batch_and_streaming(k, stride, dilation, groups, pad_mode):
+    torch, TorchConv1d, TorchConvTr1d = _torch_reference()
     mx.random.seed(0)
     cin, cout, frames = 6, 9, 12
     conv = StreamingConv1d(cin, cout, k, stride, dilation, groups, pad_mode=pad_mode)
@@ -53,6 +59,7 @@ def test_conv1d_matches_torch_batch_and_streaming(k, stride, dilation, groups, p
 
 @pytest.mark.parametrize("k,stride,groups", [(16, 8, 1), (4, 2, 1), (4, 2, 6), (5, 2, 1), (6, 3, 2), (3, 3, 1)])
 def test_conv_transpose1d_matches_torch_batch_and_streaming(k, stride, groups):
+    torch, TorchConv1d, TorchConvTr1d = _torch_reference()
     mx.random.seed(1)
     cin, cout, frames = 6, 6, 10
     conv = StreamingConvTranspose1d(cin, cout, k, stride, groups)
@@ -103,6 +110,7 @@ def test_seanet_streaming_equals_batch_and_is_causal():
 
 
 def test_seanet_matches_torch():
+    torch, TorchConv1d, TorchConvTr1d = _torch_reference()
     from moshi.modules.seanet import SEANetDecoder as TorchDec
     from moshi.modules.seanet import SEANetEncoder as TorchEnc
 
@@ -144,6 +152,7 @@ def _in_forward_order(seanet) -> list:
 
 
 def test_codebook_nearest_matches_torch_cdist():
+    torch, _, _ = _torch_reference()
     from moshi.quantization.core_vq import EuclideanCodebook
 
     rng = np.random.default_rng(3)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("torch")
-pytest.importorskip("moshi")
+require("torch")
+require("moshi")
 import mimi_reference as ref
 
 FRAMES = 30  # 2.4 s: MLX's CPU backend runs Mimi at ~0.3-0.7 s per frame on the 2-core CI box

@@ -5,9 +5,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("torch")
-pytest.importorskip("moshi")
+require("torch")
+require("moshi")
 import mimi_reference as ref
 
 FRAMES = 30

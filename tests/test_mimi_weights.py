@@ -5,10 +5,11 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 from mlx.utils import tree_flatten
 
-pytest.importorskip("torch")
-pytest.importorskip("moshi")
+require("torch")
+require("moshi")
 import mimi_reference as ref
 
 from moshi_mlx.config import MimiConfig

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from conftest import require
 from kyutai_mlx_fixture import ASSETS, FILES, QUANT, kyutai_logits, our_logits
 from mlx.utils import tree_flatten
 
@@ -67,8 +68,8 @@ def test_fixture_matches_kyutai_in_bf16(variant):
 
 def test_published_torch_weights_convert_to_the_same_parameters():
     """The MLX file and the torch checkpoint it was made from give bit-identical parameters."""
-    pytest.importorskip("torch")
-    pytest.importorskip("moshi")
+    require("torch")
+    require("moshi")
     import json
 
     from lm_reference import build_torch_lm, published_state_dict

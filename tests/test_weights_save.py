@@ -7,6 +7,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import require
 from kyutai_mlx_fixture import ASSETS, FILES, our_logits
 from mlx.utils import tree_flatten
 
@@ -92,8 +93,8 @@ def test_recorded_quantization_must_match_the_weights(tmp_path):
 
 
 def test_torch_checkpoint_in_a_folder_loads_through_load_lm(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("moshi")
+    require("torch")
+    require("moshi")
     from lm_reference import build_torch_lm, save_checkpoint
 
     from moshi_mlx.weights.kyutai_torch import load_lm_weights

@@ -7,7 +7,7 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
-import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @functools.cache
 def tiny_model_dir() -> Path:
     """LM + tokenizer + speech-fitted random Mimi, via `tests/fixtures/make_tiny_model.py` (needs torch)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("moshi")
+    require("torch")
+    require("moshi")
     import mimi_reference
 
     spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "tests" / "fixtures" / "make_tiny_model.py")
