@@ -1,29 +1,68 @@
 """Moshi, Kyutai's full-duplex speech-to-speech dialogue model, natively on MLX.
 
-The public API, re-exported from where each concept lives.
+The public API, re-exported from where each concept lives. The re-exports are lazy: a name's module
+is imported on first access, so importing one building block (e.g. `moshi_mlx.modules.kv_cache`)
+does not load the audio stack, the hub client or the tokenizer.
 """
 
-from .api import GenerateOutput, MoshiForCausalLM, MoshiForConditionalGeneration
-from .audio.conversation import Conversation, FrameResult
-from .config import ConfigError, LmConfig, MimiConfig, SeanetConfig, TransformerConfig
-from .generate import LmGen
-from .generate import generate_text, stream_text
-from .hub import DEFAULT_REPO, ModelFiles, resolve
-from .models.lm import Lm, LmOutput
-from .models.loss import LossOutput
-from .models.mimi import Mimi
-from .models.codec import RustMimi
-from .sampling import SamplingParams, audio_sampler, make_sampler, text_sampler
-from .tokenizer import Tokenizer
-from .weights import WeightsError, load_lm, quantize_lm, save_lm
-from .weights.mimi import load_mimi, load_mimi_backend
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 
-__all__ = [
-    "Conversation", "ConfigError", "DEFAULT_REPO", "FrameResult", "GenerateOutput", "Lm", "LmConfig",
-    "LmGen", "LmOutput", "LossOutput", "Mimi", "MimiConfig", "ModelFiles", "MoshiForCausalLM",
-    "MoshiForConditionalGeneration", "RustMimi", "SamplingParams", "SeanetConfig", "Tokenizer",
-    "TransformerConfig", "WeightsError", "audio_sampler", "generate_text", "load_lm", "load_mimi",
-    "load_mimi_backend", "make_sampler", "quantize_lm", "resolve", "save_lm", "stream_text", "text_sampler",
-]
+try:  # one source of truth: pyproject's `version`, as installed
+    __version__ = _version("mlx-moshi")
+except _NotInstalled:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Public name -> the module (relative to this package) that defines it.
+_EXPORTS: dict[str, str] = {
+    "GenerateOutput": ".api",
+    "MoshiForCausalLM": ".api",
+    "MoshiForConditionalGeneration": ".api",
+    "Conversation": ".audio.conversation",
+    "FrameResult": ".audio.conversation",
+    "ConfigError": ".config",
+    "LmConfig": ".config",
+    "MimiConfig": ".config",
+    "SeanetConfig": ".config",
+    "TransformerConfig": ".config",
+    "LmGen": ".generate",
+    "generate_text": ".generate",
+    "stream_text": ".generate",
+    "DEFAULT_REPO": ".hub",
+    "ModelFiles": ".hub",
+    "resolve": ".hub",
+    "Lm": ".models.lm",
+    "LmOutput": ".models.lm",
+    "LossOutput": ".models.loss",
+    "Mimi": ".models.mimi",
+    "RustMimi": ".models.codec",
+    "SamplingParams": ".sampling",
+    "audio_sampler": ".sampling",
+    "make_sampler": ".sampling",
+    "text_sampler": ".sampling",
+    "Tokenizer": ".tokenizer",
+    "WeightsError": ".weights",
+    "load_lm": ".weights",
+    "quantize_lm": ".weights",
+    "save_lm": ".weights",
+    "load_mimi": ".weights.mimi",
+    "load_mimi_backend": ".weights.mimi",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
