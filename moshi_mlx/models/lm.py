@@ -8,6 +8,7 @@ checkpoint spellings are translated in `moshi_mlx.weights`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,10 +21,19 @@ from ..modules.transformer import Transformer, make_norm
 from .loss import LossOutput, lm_loss
 
 
+ZERO_TOKEN = LmConfig.zero_token_id  # -1: "no token here", embeds to an exact zero vector
+
+
+def embed_with_zero_token(lookup: Callable[[mx.array], mx.array], tokens: mx.array) -> mx.array:
+    """The zero-token rule, in one place: `lookup(tokens)`, with an exact zero vector where a
+    token is `ZERO_TOKEN` (torch `ScaledEmbedding` with `zero_idx=-1`)."""
+    is_zero = (tokens == ZERO_TOKEN)[..., None]
+    y = lookup(mx.maximum(tokens, 0))
+    return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
+
+
 class ScaledEmbedding(nn.Embedding):
     """Embedding where token -1 ("zero token") gives an exact zero vector; optional low-rank table."""
-
-    ZERO_TOKEN = -1
 
     def __init__(self, num_embeddings: int, dims: int, low_rank: int | None = None):
         super().__init__(num_embeddings, low_rank or dims)
@@ -31,10 +41,8 @@ class ScaledEmbedding(nn.Embedding):
             self.low_rank = nn.Linear(low_rank, dims, bias=False)
 
     def __call__(self, tokens: mx.array) -> mx.array:
-        is_zero = (tokens == self.ZERO_TOKEN)[..., None]
-        y = self.weight[mx.maximum(tokens, 0)]
-        y = mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
-        if "low_rank" in self:
+        y = embed_with_zero_token(lambda t: self.weight[t], tokens)
+        if "low_rank" in self:  # no bias: a zero vector stays zero
             y = self.low_rank(y)
         return y
 
@@ -50,12 +58,8 @@ class ScaledEmbedding(nn.Embedding):
 class QuantizedScaledEmbedding(nn.QuantizedEmbedding):
     """Quantized `ScaledEmbedding`: token -1 still gives an exact zero vector."""
 
-    ZERO_TOKEN = ScaledEmbedding.ZERO_TOKEN
-
     def __call__(self, tokens: mx.array) -> mx.array:
-        is_zero = (tokens == self.ZERO_TOKEN)[..., None]
-        y = super().__call__(mx.maximum(tokens, 0))
-        return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
+        return embed_with_zero_token(super().__call__, tokens)
 
 
 def delay_sequence(delays: list[int], codes: mx.array, initial: mx.array) -> mx.array:

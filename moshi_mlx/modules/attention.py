@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -15,6 +17,18 @@ def apply_rope(x: mx.array, offset: int, max_period: float) -> mx.array:
     """Rotates interleaved pairs (x[2i], x[2i+1]) of `x` [B, H, T, D] by angle
     `(offset + t) * max_period^(-2i/D)` (torch moshi "rope", `interleave=True`)."""
     return mx.fast.rope(x, x.shape[-1], traditional=True, base=max_period, scale=1.0, offset=offset)
+
+
+def apply_per_position(
+    fns: Sequence[Callable[[mx.array], mx.array]], x: mx.array, offset: int, cfg: TransformerConfig
+) -> mx.array:
+    """Applies to each position `offset + t` of `x` `[B, T, D]` the weight set
+    `cfg.step_weight_index(offset + t)` picks (torch `apply_weights_per_step`); one set: all at once."""
+    if not cfg.weights_per_step:
+        return fns[0](x)
+    T = x.shape[1]
+    outs = [fns[cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
+    return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
 
 
 class Attention(nn.Module):
@@ -31,16 +45,7 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim**-0.5
         # Plain ints/bools read on every call (the hot path builds thousands of ops per frame).
         self._heads, self._kv_heads, self._head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self._per_step_weights = bool(cfg.weights_per_step)
         self._rope = cfg.positional_embedding == "rope"
-
-    def _per_step(self, linears: list[nn.Linear], x: mx.array, offset: int) -> mx.array:
-        """Applies the weight set of each absolute position `offset + t` (torch `apply_weights_per_step`)."""
-        if not self._per_step_weights:
-            return linears[0](x)
-        T = x.shape[1]
-        outs = [linears[self.cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
-        return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
 
     def _split(self, qkv: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """Projected `[B, T, D + 2 Dkv]` -> q, k, v `[B, H, T, Dh]`, RoPE applied."""
@@ -70,9 +75,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         T = x.shape[1]
         offset = 0 if cache is None else cache.offset
-        q, k, v = self._split(self._per_step(self.in_projs, x, offset), offset)
+        q, k, v = self._split(apply_per_position(self.in_projs, x, offset, cfg), offset)
         if cache is None:
             mask = attention_mask(0, T, 0, T, cfg.causal, cfg.context)
         else:
             k, v, mask = cache.update_and_fetch(k, v)
-        return self._per_step(self.out_projs, self.attend(q, k, v, mask), offset)
+        return apply_per_position(self.out_projs, self.attend(q, k, v, mask), offset, cfg)

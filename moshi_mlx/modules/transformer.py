@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import TransformerConfig
-from .attention import Attention, Cache
+from .attention import Attention, Cache, apply_per_position
 from .kv_cache import KVCache, RingKVCache
 
 
@@ -125,9 +125,7 @@ class TransformerLayer(nn.Module):
             return self.linear2(nn.gelu(self.linear1(x)))
         if not cfg.weights_per_step:
             return self.gating(x)
-        T = x.shape[1]
-        outs = [self.gating[cfg.step_weight_index(offset + t)](x[:, t : t + 1]) for t in range(T)]
-        return outs[0] if T == 1 else mx.concatenate(outs, axis=1)
+        return apply_per_position(self.gating, x, offset, cfg)
 
     def _residuals(self, x: mx.array, attn_update: mx.array, offset: int) -> mx.array:
         """`x + ls1(attn_update)`, then `+ ls2(ffn(norm2(.)))` with the weight set(s) of `offset`."""
@@ -149,7 +147,7 @@ class TransformerLayer(nn.Module):
         """One position with a cache: the work before and after the cache update runs as two
         compiled functions (one graph each, built once per weight set), the update in between."""
         offset = cache.offset
-        w = self.cfg.step_weight_index(offset) if self.cfg.weights_per_step else 0
+        w = self.cfg.step_weight_index(offset)
         key = (w, x.dtype)
         fns = self._compiled.fns.get(key)
         if fns is None:
