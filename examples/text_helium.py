@@ -1,8 +1,11 @@
 """Text generation with a Helium (text-only) or Moshi LM, printing tokens as they arrive.
 
     python examples/text_helium.py                      # tiny random model + a tokenizer trained here
-    python examples/text_helium.py --lm-config config.json --lm-weights model.safetensors \
-        --tokenizer tokenizer_spm_32k_3.model --prompt "The capital of France is"
+    python examples/text_helium.py --model kyutai/moshiko-mlx-q4 --prompt "The capital of France is"
+    python examples/text_helium.py --model ./tiny-moshi # any folder, file or repo `load_lm` reads
+
+With `--model`, the LM loads with `moshi_mlx.load_lm` (Kyutai's torch or MLX layouts, bf16/q8/q4,
+or ours) and the tokenizer is the one beside it (or `--tokenizer`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from moshi_mlx.config import LmConfig
-from moshi_mlx.generate import stream_text
-from moshi_mlx.models.lm import Lm
-from moshi_mlx.sampling import make_sampler
-from moshi_mlx.tokenizer import Tokenizer
-from moshi_mlx.weights.kyutai_torch import load_lm_weights
+from moshi_mlx import Lm, LmConfig, Tokenizer, load_lm, make_sampler, resolve, stream_text
 
 CORPUS = [
     "Moshi is a speech-text foundation model for real-time dialogue.",
@@ -76,24 +74,23 @@ def run(lm: Lm, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, temp: fl
     return "".join(pieces[1:]) + tail
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lm-config", help="Kyutai config.json (default: tiny random Helium)")
-    parser.add_argument("--lm-weights", help="Kyutai torch-format safetensors")
-    parser.add_argument("--tokenizer", help="SentencePiece .model (default: trained here on a few lines)")
+    parser.add_argument("--model", help="LM folder, weights file or org/repo (default: tiny random Helium)")
+    parser.add_argument("--tokenizer", help="SentencePiece .model (default: the model's, else trained here)")
     parser.add_argument("--prompt", default="Moshi is")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--temp", type=float, default=0.7)
     parser.add_argument("--top-k", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else tiny_tokenizer(Path(tmp))
-        if args.lm_config:
-            lm = Lm(LmConfig.from_file(args.lm_config))
-            if args.lm_weights:
-                load_lm_weights(lm, args.lm_weights)
+        if args.model:
+            files = resolve(args.model, require=("lm",) if args.tokenizer else ("lm", "tokenizer"))
+            lm = load_lm(args.model, files=files)
+            tokenizer = Tokenizer(args.tokenizer or files.tokenizer)
         else:
+            tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else tiny_tokenizer(Path(tmp))
             lm = tiny_helium(tokenizer.vocab_size)
         run(lm, tokenizer, args.prompt, args.max_new_tokens, args.temp, args.top_k, args.seed)
 

@@ -1,7 +1,8 @@
 """A few optimizer steps on the Moshi LM's training loss (masked cross entropy, text + audio).
 
     python examples/train_step.py                       # tiny random model and random codes
-    python examples/train_step.py --lm-config config.json --lm-weights model.safetensors --codes codes.npy
+    python examples/train_step.py --model ./tiny-moshi  # any LM `moshi_mlx.load_lm` reads (fp32 compute)
+    python examples/train_step.py --model kyutai/moshiko-pytorch-bf16 --codes codes.npy
 
 `--codes` is an int array `[B, 1 + n_q, T]` of undelayed tokens (text, Moshi audio, user audio).
 """
@@ -15,9 +16,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from moshi_mlx.config import LmConfig
-from moshi_mlx.models.lm import Lm
-from moshi_mlx.weights.kyutai_torch import load_lm_weights
+from moshi_mlx import Lm, LmConfig, load_lm
 
 TINY = dict(
     dim=64, text_card=128, n_q=6, dep_q=3, card=64, num_heads=4, num_layers=2, hidden_scale=4.125,
@@ -60,20 +59,14 @@ def train(lm: Lm, codes: mx.array, steps: int = 20, lr: float = 3e-3) -> list[fl
     return losses
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lm-config", help="Kyutai config.json (default: tiny random model)")
-    parser.add_argument("--lm-weights", help="Kyutai torch-format safetensors for --lm-config")
+    parser.add_argument("--model", help="LM folder, weights file or org/repo (default: tiny random model)")
     parser.add_argument("--codes", help=".npy codes [B, 1 + n_q, T] (default: random patterned codes)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=3e-3)
-    args = parser.parse_args()
-    if args.lm_config:
-        lm = Lm(LmConfig.from_file(args.lm_config))
-        if args.lm_weights:
-            load_lm_weights(lm, args.lm_weights)
-    else:
-        lm = tiny_model()
+    args = parser.parse_args(argv)
+    lm = load_lm(args.model, dtype=mx.float32) if args.model else tiny_model()
     codes = mx.array(np.load(args.codes).astype(np.int32)) if args.codes else random_codes(lm)
     losses = train(lm, codes, args.steps, args.lr)
     for i, loss in enumerate(losses):
