@@ -219,3 +219,16 @@ def test_causal_lm_samples_with_the_text_defaults(tmp_path):
               for s in range(3)}
     sampled = {tuple(np.array(lm.generate(input_ids=[[1, 2, 3]], max_new_tokens=12, seed=s))[0]) for s in range(3)}
     assert len(greedy) == 1 and len(sampled) > 1  # do_sample defaults to True, as the published config says
+
+
+def test_conversation_refuses_a_batch_instead_of_reading_row_0():
+    from moshi_mlx.audio.conversation import Conversation
+    from moshi_mlx.config import LmConfig
+    from moshi_mlx.errors import InvalidArgument
+    from moshi_mlx.generate import LmGen
+    from moshi_mlx.models.lm import Lm
+
+    lm = Lm(LmConfig.from_kyutai_json(CONFIG))
+    with pytest.raises(InvalidArgument, match="batch_size 1, got 2"):
+        Conversation(LmGen(lm, batch_size=2), ToyCodec())
+    assert Conversation(LmGen(lm), ToyCodec()).frame_size == FRAME_SIZE == 1920  # Mimi's frame, from MimiConfig
