@@ -202,7 +202,9 @@ def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> P
         raise HubError(f"{repo}: no such Hugging Face repo (or it needs a login)") from e
     except (OSError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubError(f"{repo}: cannot fetch files ({reason})") from e
+        err = HubError(f"{repo}: cannot fetch files ({reason})")
+        err.show_cause = False  # the reason is already in the message
+        raise err from e
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -24,7 +24,8 @@ def configure_parser() -> ArgumentParser:
     parser.add_argument("--dtype", choices=list(DTYPES), default=None,
                         help="floating dtype of the output (default: the source's)")
     parser.add_argument("--quantize", type=int, choices=[4, 8], default=None, dest="bits",
-                        help="quantize Linear and Embedding weights to this many bits")
+                        help="quantize Linear and Embedding weights to this many bits (default: keep the "
+                        "source's precision)")
     parser.add_argument("--group-size", type=int, choices=SUPPORTED_GROUP_SIZES, default=None,
                         help=f"weights per quantization scale and bias; needs --quantize (default: {group_size_help()})")
     return parser
