@@ -21,11 +21,21 @@ def small_mimi() -> Mimi:
     cfg = MimiConfig(
         seanet=SeanetConfig(dimension=16, n_filters=4, ratios=[4, 4, 2]),
         transformer=TransformerConfig(
-            d_model=16, num_heads=2, num_layers=2, dim_feedforward=32, causal=True, context=CONTEXT,
-            positional_embedding="rope", norm="layer_norm", layer_scale=0.01,
+            d_model=16,
+            num_heads=2,
+            num_layers=2,
+            dim_feedforward=32,
+            causal=True,
+            context=CONTEXT,
+            positional_embedding="rope",
+            norm="layer_norm",
+            layer_scale=0.01,
         ),
         sample_rate=800,  # 64-sample frames, SEANet hop 32: 2 transformer steps per frame, as published
-        quantizer_dimension=8, quantizer_n_q=4, quantizer_bins=16, num_codebooks=4,
+        quantizer_dimension=8,
+        quantizer_n_q=4,
+        quantizer_bins=16,
+        num_codebooks=4,
     )
     mx.random.seed(0)
     model = Mimi(cfg)
@@ -82,7 +92,9 @@ def test_streaming_equals_batch_after_the_ring_wraps():
     codes = mx.array(np.random.default_rng(1).integers(0, 16, (1, 4, frames)), dtype=mx.int32)
     batch_pcm = model.decode(codes)
     model.reset()
-    stream_latent = mx.concatenate([model.encode_latent_step(pcm[..., t * fs : (t + 1) * fs]) for t in range(frames)], 1)
+    stream_latent = mx.concatenate(
+        [model.encode_latent_step(pcm[..., t * fs : (t + 1) * fs]) for t in range(frames)], 1
+    )
     stream_pcm = mx.concatenate([model.decode_step(codes[..., t : t + 1]) for t in range(frames)], -1)
     assert float(mx.abs(stream_latent - batch_latent).max()) <= 1e-5
     assert float(mx.abs(stream_pcm - batch_pcm).max()) <= 1e-5

@@ -9,6 +9,7 @@ arrays; outputs are mx arrays: codes int32 `[B, K, T]`, pcm float32 `[B, 1, T * 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -75,43 +76,190 @@ def check_backend(backend: str) -> str:
         raise BackendError(f"unknown Mimi backend {backend!r} (expected one of: {', '.join(BACKENDS)})")
     if backend == "rust" and not rust_available():
         raise BackendError(
-            "the rust Mimi backend needs rustymimi: pip install \"mlx-moshi[rust]\" (wheels for CPython "
+            'the rust Mimi backend needs rustymimi: pip install "mlx-moshi[rust]" (wheels for CPython '
             "3.10-3.13), or use --mimi-backend mlx"
         )
     return backend
 
 
-class RustMimi:
-    """`rustymimi.Tokenizer` (fp32, CPU) with the same methods, shapes and dtypes as our `Mimi`."""
+# rustymimi 0.4.1 (measured): its transformers index a rotary table of `max_seq_len` positions
+# (default 8192) at Mimi's 25 Hz inner rate, two per 80 ms frame, so an instance fails at frame
+# `max_seq_len // 2` = 4096 (327.7 s) in encode_step and decode_step alike; batch encode/decode
+# use the same positions. Its KV caches grow by ~64 KB per frame per side and are never trimmed.
+# `Tokenizer.reset()` neither frees them nor rewinds the positions; only a new instance does, and
+# building one holds the GIL for 0.15-0.3 s and ~350 MB (the weights).
+#
+# Why the swap needs a long warm-up (benchmarks/mimi_swap.py depth, torch moshi): each of Mimi's 8
+# transformer layers attends 250 inner steps (10 s) back, but layer l reads layer l-1's outputs, and
+# those read further back: the output depends on ~8 x 250 steps (80 s) of input. A Mimi started
+# fresh reproduces the continuing stream's layer l exactly only after (l + 1) x 10 s of warm-up;
+# the SEANet convs need < 1 s. The error left after a shorter warm-up decays with length.
+RUST_MAX_SEQ_LEN = 8192
+SWAP_EVERY = 1000  # frames between swaps (80 s)
+WARMUP = 250  # frames the next instance is fed before it takes over (20 s)
+CROSSFADE = 2  # decoder frames mixed from the old instance into the new one at a swap (160 ms)
+_SIDES = ("enc", "dec")
 
-    def __init__(self, path: str | Path, num_codebooks: int = 8):
+
+class _Instance:
+    """One `rustymimi.Tokenizer` and the frames each side has pushed through it (positions used)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.frames = {s: 0 for s in _SIDES}
+
+
+class RustMimi:
+    """`rustymimi.Tokenizer` (fp32, CPU) with the same methods, shapes and dtypes as our `Mimi`.
+
+    Streams of any length: each side (encoder, decoder) moves to a new rustymimi instance every
+    `swap_every` frames, long before the old one reaches rustymimi's position limit, which also
+    bounds the memory its KV caches take. The next instance is fed the last `warmup` frames (pcm for
+    the encoder, codes for the decoder) alongside the current one, so it takes over with the same
+    context; the decoder's output fades from the old instance to the new one over `crossfade` frames.
+    That costs one extra encode/decode step per frame during the warm-up, and a second instance held
+    in memory throughout (it is built ahead, in a background thread). Instances are shared by both
+    sides. `max_seq_len` is rustymimi's rotary table size (tests make it small).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        num_codebooks: int = 8,
+        *,
+        swap_every: int = SWAP_EVERY,
+        warmup: int = WARMUP,
+        crossfade: int = CROSSFADE,
+        max_seq_len: int = RUST_MAX_SEQ_LEN,
+    ):
         import rustymimi
 
+        limit = max_seq_len // 2
+        if swap_every < 1 or not 0 <= crossfade <= warmup or swap_every + warmup > limit:
+            raise ValueError(
+                f"RustMimi: need swap_every >= 1, 0 <= crossfade <= warmup and swap_every + warmup <= "
+                f"{limit} (max_seq_len {max_seq_len} / 2), got {swap_every}, {crossfade}, {warmup}"
+            )
         self.path = str(path)
         self.num_codebooks = num_codebooks
-        self._tokenizer = rustymimi.Tokenizer(self.path, num_codebooks=num_codebooks)
+        self.swap_every, self.warmup, self.crossfade = swap_every, warmup, crossfade
+        self.max_seq_len = max_seq_len
+        self.swaps = {s: 0 for s in _SIDES}  # swaps done per side, for tests and benchmarks
+        self._new_tokenizer = lambda: rustymimi.Tokenizer(
+            self.path, num_codebooks=num_codebooks, max_seq_len=max_seq_len
+        )
+        self._gens = {0: _Instance(self._new_tokenizer()), 1: _Instance(self._new_tokenizer())}
+        self._side = {s: 0 for s in _SIDES}  # the generation each side runs on
+        self._building: tuple[int, threading.Thread, list] | None = None
+        self._fade: np.ndarray | None = None  # decoder output of the old instance during the crossfade
 
+    # -- instances --------------------------------------------------------------------------------
+    def _build(self, gen: int) -> None:
+        """Starts building generation `gen` in a background thread."""
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append(_Instance(self._new_tokenizer()))
+            except BaseException as e:  # re-raised in the caller's thread by _gen
+                box.append(e)
+
+        thread = threading.Thread(target=run, name="rustymimi-build", daemon=True)
+        thread.start()
+        self._building = (gen, thread, box)
+
+    def _gen(self, gen: int) -> _Instance:
+        """Generation `gen`, waiting for its background build, or building it now."""
+        if gen not in self._gens:
+            if self._building is not None and self._building[0] == gen:
+                _, thread, box = self._building
+                thread.join()
+                self._building = None
+                if isinstance(box[0], BaseException):
+                    raise box[0]
+                self._gens[gen] = box[0]
+            else:
+                self._gens[gen] = _Instance(self._new_tokenizer())
+        return self._gens[gen]
+
+    def _settle(self) -> None:
+        """Frees generations no side needs any more and starts building the next spare."""
+        newest = max(self._side.values())
+        for s in _SIDES:  # a side that has not used its instance carries no state: it can jump
+            if self._gens[self._side[s]].frames[s] == 0:
+                self._side[s] = newest
+        oldest = min(self._side.values())
+        for g in [g for g in self._gens if g < oldest]:
+            del self._gens[g]
+        spare = newest + 1
+        if len(self._gens) < 2 and spare not in self._gens and self._building is None:
+            self._build(spare)
+
+    def _step(self, side: str, call, x: np.ndarray) -> np.ndarray:
+        cur = self._gens[self._side[side]]
+        used = cur.frames[side]
+        if used + 1 > self.max_seq_len // 2:  # only reachable through batch calls mixed with steps
+            raise RuntimeError(f"RustMimi: rustymimi instance exhausted on the {side} side")
+        out = call(cur.tokenizer, x)
+        cur.frames[side] += 1
+        if used >= self.swap_every:  # warm-up window: the next instance sees the same input
+            nxt = self._gen(self._side[side] + 1)
+            new = call(nxt.tokenizer, x)
+            nxt.frames[side] += 1
+            left = self.swap_every + self.warmup - used  # frames until the swap, this one included
+            if side == "dec" and left <= self.crossfade:
+                n = out.shape[-1]
+                pos = (self.crossfade - left) * n + np.arange(n) + 0.5
+                w = (0.5 - 0.5 * np.cos(np.pi * pos / (self.crossfade * n))).astype(np.float32)
+                out = (1 - w) * out + w * new
+            if left == 1:
+                self._side[side] += 1
+                self.swaps[side] += 1
+                self._settle()
+        return out
+
+    # -- MimiLike ---------------------------------------------------------------------------------
     def encode(self, pcm: mx.array | np.ndarray) -> mx.array:
-        """pcm `[B, 1, T]` -> codes `[B, K, T / 1920]` int32."""
-        return mx.array(self._tokenizer.encode(_pcm(pcm, "RustMimi.encode", None)).astype(np.int32))
+        """pcm `[B, 1, T]` -> codes `[B, K, T / 1920]` int32 (at most `max_seq_len / 2` frames)."""
+        x = _pcm(pcm, "RustMimi.encode", None)
+        return mx.array(self._batch(lambda tok: tok.encode(x), x.shape[-1] // FRAME_SIZE).astype(np.int32))
 
     def decode(self, codes: mx.array | np.ndarray) -> mx.array:
-        """codes `[B, K, T]` -> pcm `[B, 1, T * 1920]` float32."""
-        return mx.array(self._tokenizer.decode(_codes(codes, "RustMimi.decode", self.num_codebooks, None)))
+        """codes `[B, K, T]` -> pcm `[B, 1, T * 1920]` float32 (at most `max_seq_len / 2` frames)."""
+        c = _codes(codes, "RustMimi.decode", self.num_codebooks, None)
+        return mx.array(self._batch(lambda tok: tok.decode(c), c.shape[-1]))
+
+    def _batch(self, call, frames: int) -> np.ndarray:
+        """Runs a batch call on a fresh instance (rustymimi's batch calls use the streaming positions)."""
+        if frames > self.max_seq_len // 2:
+            raise ValueError(
+                f"RustMimi: rustymimi takes at most {self.max_seq_len // 2} frames in one call, got {frames}: "
+                "stream longer audio with encode_step/decode_step"
+            )
+        spare = max(self._side.values()) + 1
+        idle = spare in self._gens and not any(self._gens[spare].frames.values())
+        tokenizer = self._gens.pop(spare).tokenizer if idle else self._new_tokenizer()
+        out = call(tokenizer)
+        del tokenizer
+        self._settle()
+        return out
 
     def encode_step(self, pcm: mx.array | np.ndarray) -> mx.array:
         """The next frame: pcm `[B, 1, 1920]` -> codes `[B, K, 1]` int32."""
-        codes = self._tokenizer.encode_step(_pcm(pcm, "RustMimi.encode_step", 1))
+        codes = self._step("enc", lambda tok, x: tok.encode_step(x), _pcm(pcm, "RustMimi.encode_step", 1))
         if codes is None:
             raise RuntimeError("rustymimi produced no codes for a full frame")
         return mx.array(codes.astype(np.int32))
 
     def decode_step(self, codes: mx.array | np.ndarray) -> mx.array:
         """The next frame: codes `[B, K, 1]` -> pcm `[B, 1, 1920]` float32."""
-        pcm = self._tokenizer.decode_step(_codes(codes, "RustMimi.decode_step", self.num_codebooks, 1))
+        c = _codes(codes, "RustMimi.decode_step", self.num_codebooks, 1)
+        pcm = self._step("dec", lambda tok, x: tok.decode_step(x), c)
         if pcm is None:
             raise RuntimeError("rustymimi produced no audio for a full frame")
         return mx.array(pcm)
 
     def reset(self) -> None:
-        self._tokenizer.reset()
+        """Starts a new stream (the instances' used positions still count towards their swap)."""
+        for inst in self._gens.values():
+            inst.tokenizer.reset()
