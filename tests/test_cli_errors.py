@@ -194,3 +194,15 @@ def test_download_failure_adds_its_cause_on_a_second_line(tmp_path):
     assert lines[0].startswith("moshi-mlx convert: error: kyutai/absent-repo: not found in ")
     assert lines[0].endswith("and it could not be downloaded")
     assert lines[1].startswith("  cause: ") and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_outside_the_command_body_is_one_line_too(capsys, monkeypatch):
+    """E.g. while the command's module (and MLX) is still importing."""
+    import importlib
+
+    def interrupted_import(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted_import)
+    code, _, err = run_cli(capsys, "convert", "a", "b")
+    assert (code, err) == (130, "moshi-mlx convert: interrupted (Ctrl-C)\n")

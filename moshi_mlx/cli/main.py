@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .common import DEBUG_ENV, fail, set_debug
+from .common import DEBUG_ENV, EXIT_INTERRUPTED, fail, set_debug
 
 # Command name -> module with `main(argv)`. Add new commands here.
 COMMANDS: dict[str, str] = {
@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         fail("moshi-mlx", f"unknown command {name!r} (commands: {', '.join(COMMANDS)}; see moshi-mlx --help)")
-    importlib.import_module(COMMANDS[name]).main(rest)
+    try:
+        importlib.import_module(COMMANDS[name]).main(rest)
+    except KeyboardInterrupt:  # before or after the command's own handling (e.g. while importing MLX)
+        print(f"moshi-mlx {name}: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
