@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,9 +14,11 @@ from moshi_mlx.audio.conversation import FrameResult
 from moshi_mlx.audio.devices import open_streams
 from moshi_mlx.audio.duplex import DuplexLoop
 from moshi_mlx.audio.io import read_audio
-from pulse_devices import play_into_microphone, record_speaker, start_virtual_devices
+import pulse_devices
+from pulse_devices import PulseServer, play_into_microphone, record_speaker
 
-pytestmark = pytest.mark.audio
+pulse_server = pulse_devices.pulse_server  # the session's private PulseAudio (a fixture)
+pytestmark = [pytest.mark.audio, pytest.mark.usefixtures("pulse_server")]
 SPEECH = str(Path(__file__).resolve().parent / "assets" / "speech_24k.wav")
 
 
@@ -30,7 +34,6 @@ class Echo:
 
 
 def test_duplex_loop_on_real_devices(tmp_path):
-    start_virtual_devices()
     speech = read_audio(SPEECH)
     loop = DuplexLoop(Echo())
     recorder = record_speaker(tmp_path / "out.raw")
@@ -72,7 +75,6 @@ def best_correlation(recorded: np.ndarray, window: np.ndarray) -> float | None:
 
 def test_chat_with_tiny_moshi_on_real_devices(tmp_path):
     """`moshi-mlx chat`'s loop end to end: a tiny random Moshi hears speech and answers aloud."""
-    start_virtual_devices()
     from moshi_mlx.audio.chat import chat
     from moshi_mlx.audio.conversation import Conversation
     from moshi_mlx.sampling import SamplingParams
@@ -103,3 +105,31 @@ def test_chat_with_tiny_moshi_on_real_devices(tmp_path):
     assert stats.frames_processed >= 10 and stats.frames_out == stats.frames_processed - 1
     recorded = np.fromfile(tmp_path / "out.raw", dtype=np.float32)
     assert np.abs(recorded).max() > 1e-3, "nothing came out of the speaker"
+
+
+def test_private_pulse_server_stops_and_leaves_nothing(tmp_path):
+    """What the audio tests start, they stop: a second private server answers, then is gone."""
+    server = PulseServer(tmp_path)
+    server.start()
+    try:
+        assert server.answers()
+        sinks = subprocess.run(["pactl", "list", "short", "sinks"], env=server.env(), capture_output=True, text=True)
+        assert "vmic" in sinks.stdout and "vspk" in sinks.stdout and f"{pulse_devices.RATE}Hz" in sinks.stdout
+    finally:
+        server.stop()
+    assert server.process.returncode is not None
+    assert server.leftovers() == []
+    assert not server.answers()
+
+
+def test_list_devices_marks_inputs_outputs_and_defaults():
+    done = subprocess.run(
+        [sys.executable, "-m", "moshi_mlx.cli.main", "chat", "--list-devices"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines and done.stderr == ""
+    # PortAudio sees PulseAudio through ALSA's "pulse" and "default" devices, both directions.
+    assert any("input + output" in line for line in lines), done.stdout
+    assert sum("default input" in line for line in lines) == 1, done.stdout
+    assert sum("default output" in line for line in lines) == 1, done.stdout

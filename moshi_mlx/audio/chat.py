@@ -18,8 +18,16 @@ def chat(
     output_device: int | str | None = None,
     out: TextIO = sys.stdout,
     should_stop: Callable[[], bool] = lambda: False,
+    on_listening: Callable[[], None] | None = None,
 ) -> DuplexStats:
-    """Talks until Ctrl-C, `duration` seconds or `should_stop()`; returns the frame accounting."""
+    """Talks until Ctrl-C, `duration` seconds of listening, or `should_stop()`; returns the frame accounting.
+
+    The model warms up first, then the devices open and `on_listening` is called (e.g. to tell
+    the user to speak). Ctrl-C while listening is the normal way to end: it returns the stats
+    (`stats.interrupted` set) with the listening time and every frame accounted for. Ctrl-C
+    before the devices opened propagates as `KeyboardInterrupt`. Device errors raise
+    `AudioDeviceError`; a failure of the model thread raises `RuntimeError`.
+    """
 
     def show(text: str) -> None:
         out.write(text)
@@ -27,19 +35,23 @@ def chat(
 
     conversation.materialize()
     loop = DuplexLoop(conversation, on_text=show, frame_size=conversation.frame_size)
-    loop.start(prepare=conversation.warmup)
-    start = time.monotonic()
     try:
+        loop.start(prepare=conversation.warmup)
         with open_streams(loop, input_device=input_device, output_device=output_device):
             opened = time.monotonic()
-            while loop.running and not should_stop():
-                if duration is not None and time.monotonic() - start >= duration:
-                    break
-                time.sleep(0.05)
-            loop.stats.seconds = time.monotonic() - opened
-    except KeyboardInterrupt:
-        pass
+            try:
+                if on_listening is not None:
+                    on_listening()
+                while loop.running and not should_stop():
+                    if duration is not None and time.monotonic() - opened >= duration:
+                        break
+                    time.sleep(0.05)
+            except KeyboardInterrupt:
+                loop.stats.interrupted = True
+            finally:
+                loop.stats.seconds = time.monotonic() - opened
     finally:
         loop.stop()  # after the devices closed, so the frame accounting is final
     out.write("\n")
+    out.flush()
     return loop.stats

@@ -79,14 +79,16 @@ class DuplexStats:
     samples_dropped_out: int = 0
     output_underruns: int = 0
     seconds: float = 0.0  # how long the audio devices were open
+    interrupted: bool = False  # ended by Ctrl-C (rather than by a duration or a stop request)
     device_overflows: int = 0  # input callbacks where the device reported lost samples
     device_underflows: int = 0  # output callbacks where the device reported a gap
     step_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
         steps = np.array(self.step_ms) if self.step_ms else np.zeros(1)
+        how = " (Ctrl-C)" if self.interrupted else ""
         return (
-            f"{self.seconds:.1f} s: frames in {self.frames_in}, processed {self.frames_processed}, dropped (model behind) "
+            f"{self.seconds:.1f} s{how}: frames in {self.frames_in}, processed {self.frames_processed}, dropped (model behind) "
             f"{self.frames_dropped_in}, pending at stop {self.frames_pending}, out {self.frames_out}, output underruns {self.output_underruns}, "
             f"output dropped {self.samples_dropped_out} samples, device overflows {self.device_overflows} "
             f"underflows {self.device_underflows}; step ms median {np.median(steps):.1f} "
