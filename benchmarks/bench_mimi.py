@@ -1,22 +1,20 @@
 """Mimi streaming speed: encode_step + decode_step ms per 80 ms frame, ours (MLX) vs rustymimi vs torch.
 
 The implementations run interleaved frame by frame in one process, on the random-weight fixture
-(built by convert/make_mimi_fixture.py, cached in the temp dir). Usage:
-    python benchmarks/bench_mimi.py [--frames 20]
+(built by tests/fixtures/make_mimi_fixture.py, cached in the temp dir). Usage, from the repository
+root (so that `tests` is importable):
+    python -m benchmarks.bench_mimi [--frames 20] [--no-torch]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import mimi_reference as ref
+from tests import mimi_reference as ref
 
 
 def main() -> None:

@@ -6,6 +6,11 @@ Fixtures in tests/assets/kyutai_mlx were written by Kyutai's own moshi_mlx 0.3.0
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -82,6 +87,38 @@ def test_published_torch_weights_convert_to_the_same_parameters():
     assert from_torch.keys() == from_mlx.keys()
     for k in from_mlx:
         assert mx.array_equal(from_torch[k], from_mlx[k]).item(), k
+
+
+def test_committed_fixture_is_what_the_script_makes(tmp_path):
+    """Regenerated with Kyutai's venv (never ours: same import name), the fixture equals the committed one.
+
+    Skips unless `MOSHI_MLX_KYUTAI_PYTHON` names that venv's python (CI does not build it).
+    Weights and inputs must be bit-equal; logits within 2 bf16 steps (other CPUs round differently).
+    """
+    kyutai_python = os.environ.get("MOSHI_MLX_KYUTAI_PYTHON")
+    if not kyutai_python:
+        pytest.skip("MOSHI_MLX_KYUTAI_PYTHON is not set (the python of a venv with Kyutai's moshi_mlx 0.3.0)")
+    require("torch")
+    require("moshi")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "kyutai_mlx"
+    cmd = [sys.executable, "-m", "tests.fixtures.make_kyutai_mlx_fixture", "--out", str(out),
+           "--kyutai-python", kyutai_python]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ASSETS.iterdir())
+    assert (out / "config.json").read_text() == (ASSETS / "config.json").read_text()
+    for name in [*FILES.values(), "reference.safetensors"]:
+        fresh, committed = mx.load(str(out / name)), mx.load(str(ASSETS / name))
+        assert sorted(fresh) == sorted(committed), name
+        for key, want in committed.items():
+            got = fresh[key]
+            assert got.dtype == want.dtype and got.shape == want.shape, f"{name}: {key}"
+            if key.endswith("_logits"):
+                tol = 2 * 2.0**-7 * mx.abs(want).max().item()
+                assert mx.abs(got - want).max().item() <= tol, f"{name}: {key}"
+            else:
+                assert mx.array_equal(got, want).item(), f"{name}: {key}"
 
 
 def load_dict(weights: dict[str, mx.array]):
