@@ -28,22 +28,24 @@ def _device(value: str | None) -> int | str | None:
 def configure_parser() -> ArgumentParser:
     p = ArgumentParser(prog="moshi-mlx chat", description=__doc__)
     add_model_arguments(p)
-    p.add_argument(
+    devices = p.add_argument_group("audio devices (24 kHz mono; checked before the model loads)")
+    devices.add_argument(
         "--input-device", default=None,
         help="microphone: index or part of the name from --list-devices (default: the system's default input)",
     )
-    p.add_argument(
+    devices.add_argument(
         "--output-device", default=None,
         help="speaker: index or part of the name from --list-devices (default: the system's default output)",
     )
-    p.add_argument(
+    devices.add_argument(
         "--list-devices", action="store_true",
         help="print the audio devices (inputs, outputs, defaults) and exit; exit 2 if there are none",
     )
     p.add_argument("--duration", type=float, default=None, help="stop after listening this many seconds")
     p.add_argument(
         "--stats", action="store_true",
-        help="at the end (also after Ctrl-C), print the listening time, frame accounting and step latency",
+        help="at the end (also after Ctrl-C), print the listening time, the frame accounting (frames in = "
+        "processed + dropped because the model was behind + pending at stop) and the step latency",
     )
     return p
 
