@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from tiny_model import tiny_model_dir
 
 from moshi_mlx.audio.conversation import Conversation
@@ -70,6 +71,7 @@ def answer(conv: Conversation, question: Path, out: Path) -> tuple[np.ndarray, s
 
 
 def test_reset_replays_a_conversation_exactly(question, tmp_path):
+    require("rustymimi")
     conv = Conversation.from_pretrained(tiny_model_dir(), "rust", sampling=SamplingParams(seed=3))
     first, text1 = answer(conv, question, tmp_path / "a.wav")
     conv.reset()
