@@ -460,3 +460,85 @@ class MimiConfig:
             ),
             num_codebooks=num_codebooks,
         )
+
+    @classmethod
+    def from_kyutai_json(cls, cfg: dict[str, Any], num_codebooks: int = 8) -> "MimiConfig":
+        """Builds the config from Kyutai's Mimi config dict (the file a `config.json` names by
+        `mimi_config_name`: `sample_rate`, `channels`, `frame_rate`, `seanet`, `quantizer`, `transformer`)."""
+        return _mimi_config_from_kyutai(cfg, num_codebooks)
+
+    def to_kyutai_json(self) -> dict[str, Any]:
+        """Kyutai's Mimi config dict for this config (what torch moshi's `get_mimi` takes)."""
+        s, t, d = self.seanet, self.transformer, self.seanet.dimension
+        seanet = dict(
+            channels=s.channels, dimension=d, causal=True, n_filters=s.n_filters,
+            n_residual_layers=s.n_residual_layers, activation="ELU", compress=s.compress,
+            dilation_base=s.dilation_base, disable_norm_outer_blocks=0, kernel_size=s.kernel_size,
+            residual_kernel_size=s.residual_kernel_size, last_kernel_size=s.last_kernel_size, norm="none",
+            pad_mode=s.pad_mode, ratios=list(s.ratios), true_skip=s.true_skip,
+        )
+        transformer = dict(
+            d_model=t.d_model, num_heads=t.num_heads, num_layers=t.num_layers, causal=t.causal,
+            layer_scale=t.layer_scale, context=t.context, conv_layout=True, max_period=t.max_period,
+            gating=t.gating, norm=t.norm, positional_embedding=t.positional_embedding,
+            dim_feedforward=t.dim_feedforward, input_dimension=d, output_dimensions=[d],
+        )
+        quantizer = dict(
+            dimension=self.quantizer_dimension, n_q=self.quantizer_n_q, bins=self.quantizer_bins,
+            input_dimension=d, output_dimension=d,
+        )
+        return dict(sample_rate=self.sample_rate, channels=s.channels, frame_rate=self.frame_rate,
+                    seanet=seanet, quantizer=quantizer, transformer=transformer)
+
+
+def _section(cfg: dict[str, Any], name: str, fixed: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The keys `fields` of `cfg[name]`; keys in `fixed` must have that value; anything else raises."""
+    part = cfg.get(name)
+    if not isinstance(part, dict):
+        raise ConfigError(f"Mimi config: missing section {name!r}")
+    out = {}
+    for key, value in part.items():
+        if key in fixed:
+            if value != fixed[key]:
+                raise ConfigError(f"Mimi config: {name}.{key}={value!r} is not supported (only {fixed[key]!r})")
+        elif key in fields:
+            out[key] = value
+        else:
+            raise ConfigError(f"Mimi config: unexpected key {name}.{key!r}")
+    return out
+
+
+def _mimi_config_from_kyutai(cfg: dict[str, Any], num_codebooks: int) -> MimiConfig:
+    unknown = sorted(set(cfg) - {"sample_rate", "channels", "frame_rate", "seanet", "quantizer", "transformer"})
+    if unknown:
+        raise ConfigError(f"Mimi config: unexpected key {unknown[0]!r}")
+    seanet_fields = tuple(SeanetConfig.__dataclass_fields__)
+    raw_seanet = cfg.get("seanet") if isinstance(cfg.get("seanet"), dict) else {}
+    dim = raw_seanet.get("dimension", 512)
+    seanet = _section(
+        cfg, "seanet", {"causal": True, "activation": "ELU", "norm": "none", "disable_norm_outer_blocks": 0},
+        seanet_fields,
+    )
+    transformer = _section(
+        cfg, "transformer", {"conv_layout": True, "input_dimension": dim, "output_dimensions": [dim]},
+        ("d_model", "num_heads", "num_layers", "causal", "layer_scale", "context", "max_period", "gating",
+         "norm", "positional_embedding", "dim_feedforward", "kv_repeat"),
+    )
+    quantizer = _section(
+        cfg, "quantizer", {"input_dimension": dim, "output_dimension": dim}, ("dimension", "n_q", "bins")
+    )
+    if cfg.get("channels", seanet.get("channels", 1)) != seanet.get("channels", 1):
+        raise ConfigError("Mimi config: channels differs from seanet.channels")
+    try:
+        return MimiConfig(
+            seanet=SeanetConfig(**seanet),
+            transformer=TransformerConfig(**transformer),
+            sample_rate=cfg.get("sample_rate", 24_000),
+            frame_rate=cfg.get("frame_rate", 12.5),
+            quantizer_dimension=quantizer.get("dimension", 256),
+            quantizer_n_q=quantizer.get("n_q", 32),
+            quantizer_bins=quantizer.get("bins", 2048),
+            num_codebooks=num_codebooks,
+        )
+    except TypeError as e:  # a required key is missing
+        raise ConfigError(f"Mimi config: {e}") from e

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import ConfigError, LmConfig, read_config
+from .config import ConfigError, LmConfig, MimiConfig, read_config
 from .errors import MoshiError
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
@@ -101,6 +101,17 @@ class ModelFiles:
     mimi: Path | None
     config: Path | None
     where: str
+    mimi_config_file: Path | None = None  # Kyutai's Mimi config JSON, named by `mimi_config_name`
+
+    def mimi_config(self, num_codebooks: int = 8) -> MimiConfig | None:
+        """The Mimi architecture from the file `config.json` names by `mimi_config_name`; None
+        without one (the published Mimi)."""
+        if self.mimi_config_file is None:
+            return None
+        try:
+            return MimiConfig.from_kyutai_json(read_config(self.mimi_config_file), num_codebooks)
+        except ConfigError as e:
+            raise ConfigError(f"{self.mimi_config_file}: {e}") from e
 
     def config_dict(self) -> dict[str, Any] | None:
         """The raw `config.json`, or None without one."""
@@ -180,7 +191,14 @@ def _from_folder(folder: Path, lm_name: str | None, require: tuple[str, ...], wh
     if missing:
         looked = "; ".join(f"{r}: {', '.join(names[r])}" for r in missing)
         raise HubError(f"{where}: missing {', '.join(missing)} files (looked for {looked})")
-    return ModelFiles(found["lm"], found["tokenizer"], found["mimi"], config, where)
+    mimi_config = None
+    if raw and raw.get("mimi_config_name"):
+        mimi_config = folder / str(raw["mimi_config_name"])
+        if not mimi_config.is_file():
+            if "mimi" in require:
+                raise HubError(f"{where}: missing {mimi_config.name}, the Mimi config named by config.json")
+            mimi_config = None
+    return ModelFiles(found["lm"], found["tokenizer"], found["mimi"], config, where, mimi_config)
 
 
 def _snapshot(repo: str, patterns: list[str], cache_dir: str | Path | None) -> Path:
@@ -224,6 +242,8 @@ def _from_repo(repo: str, lm_name: str | None, require: tuple[str, ...], cache_d
     if config.is_file():
         names = _wanted_names(read_config(config), lm_name)
         extra = [n for ns in names.values() for n in ns if n not in patterns]
+        mimi_config = read_config(config).get("mimi_config_name")
+        extra += [str(mimi_config)] if mimi_config else []
         if extra:
             folder = _snapshot(repo, patterns + extra, cache_dir)
     return _from_folder(folder, lm_name, require, f"{repo} ({folder})")

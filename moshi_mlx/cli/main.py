@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "convert": "moshi_mlx.cli.convert",
     "quantize": "moshi_mlx.cli.quantize",
     "bench": "moshi_mlx.cli.bench",
+    "make-tiny": "moshi_mlx.cli.make_tiny",
 }
 
 # One line per command for `moshi-mlx --help` (a command without one shows its module's first line).
@@ -23,6 +24,7 @@ SUMMARIES: dict[str, str] = {
     "convert": "convert an LM checkpoint (Kyutai torch or MLX, ours) to our format, optionally quantized",
     "quantize": "quantize an unquantized LM checkpoint to 4 or 8 bits into a new folder",
     "bench": "time the streaming LM step (ours, and Kyutai's moshi_mlx when given its venv)",
+    "make-tiny": "build a tiny random model folder (a few MB, seconds) to try every command offline",
 }
 
 EXAMPLES = """\

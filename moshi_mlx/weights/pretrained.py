@@ -32,12 +32,14 @@ def load_pretrained(
 
     Args:
         source: where the model is (see `moshi_mlx.hub.resolve`).
-        mimi_backend: ``"mlx"`` or ``"rust"``; default: `moshi_mlx.models.codec.default_backend()`.
+        mimi_backend: ``"mlx"`` or ``"rust"``; default: `moshi_mlx.models.codec.default_backend()`
+            (``"mlx"`` for a Mimi that is not the published architecture, see `load_mimi_backend`).
         dtype: LM compute dtype; default: the checkpoint's.
     """
     files = resolve(source)
     tokenizer = Tokenizer(files.tokenizer)  # the quickest file to check: a bad one fails before the big ones load
     lm = load_lm(source, dtype=dtype, files=files)
     cfg = lm.cfg
-    mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks=max(cfg.dep_q, cfg.n_q - cfg.dep_q))
+    num_codebooks = max(cfg.dep_q, cfg.n_q - cfg.dep_q)
+    mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks, files.mimi_config(num_codebooks))
     return Pretrained(lm, mimi, tokenizer, files)
