@@ -67,12 +67,12 @@ class _TextOut:
     """Moshi's text to stdout as it comes; above the progress bar in whole lines when both share a terminal."""
 
     def __init__(self, bar: ProgressBar | None):
-        self.progress = bar
-        self.bar = bar if bar is not None and sys.stdout.isatty() else None
+        self.bar = bar
+        self.in_lines = bar is not None and sys.stdout.isatty()  # else the bar is elsewhere or absent
         self.pending = ""
 
     def __call__(self, piece: str) -> None:
-        if self.bar is None:
+        if not self.in_lines:
             sys.stdout.write(piece)
             sys.stdout.flush()
             return
@@ -91,8 +91,8 @@ class _TextOut:
 
     def end(self) -> None:
         """Clears the bar and ends the text with a newline."""
-        if self.progress is not None:
-            self.progress.clear()
+        if self.bar is not None:
+            self.bar.clear()
         if self.pending:
             sys.stdout.write(self.pending)
             self.pending = ""
