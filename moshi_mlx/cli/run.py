@@ -4,6 +4,7 @@ The input and outputs are checked before the model loads. The answer is written 
 if the run stops early (Ctrl-C, SIGTERM, an error) OUTPUT is a valid wav of the frames answered so far,
 time-aligned with the input, and --text-out holds the text so far; one line says where it stopped.
 Exit status: 0 done, 130 Ctrl-C (SIGINT), 143 SIGTERM, 2 bad input or a failure the message explains.
+On a terminal, stderr shows a progress bar: frames done, RTF (processing time / audio time) and time left.
 """
 
 from __future__ import annotations
