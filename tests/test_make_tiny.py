@@ -157,3 +157,12 @@ def test_full_mimi_runs_on_both_backends(tmp_path):
     assert (np.array(rust.encode(x)) == codes).mean() >= 0.99
     assert min(len(set(level)) for level in codes[0]) >= 5
     assert np.array(rust.decode(codes)).std() > 0.01
+
+
+def test_quantized_copy_keeps_its_mimi_config(tiny, tmp_path):
+    folder, _ = tiny
+    code, _, errors = cli("quantize", str(folder), str(tmp_path / "q8"), "--bits", "8")
+    assert code == 0, errors
+    assert (tmp_path / "q8" / MIMI_CONFIG_NAME).is_file()
+    code, _, errors = cli("run", str(SPEECH), str(tmp_path / "a.wav"), "--model", str(tmp_path / "q8"))
+    assert code == 0, errors

@@ -35,5 +35,5 @@ def convert(
         if model_quantization(model) is not None:
             raise InvalidArgument(f"{files.lm}: already quantized; quantize from an unquantized (e.g. bf16) checkpoint")
         quantize_lm(model, bits, group_size)
-    extra = [f for f in (files.tokenizer, files.mimi) if f is not None]
+    extra = [f for f in (files.tokenizer, files.mimi, files.mimi_config_file) if f is not None]
     return save_lm(model, out_dir, extra)
