@@ -73,10 +73,8 @@ def _torch_run(model, pcm, start: int, stop: int, codes=None, decoder: bool = Tr
                     lat.append(x)
                     cds.append(model.quantizer.encode(x))
             with model.streaming(1):
-                if not decoder:
-                    stop = start
                 src = codes if codes is not None else torch.cat(cds, -1).numpy()
-                for i in range(stop - start):
+                for i in range(stop - start if decoder else 0):
                     pcm_out.append(model.decode(torch.from_numpy(np.ascontiguousarray(src[..., i : i + 1]))))
     finally:
         for h in handles:
@@ -162,7 +160,7 @@ def swap(args: argparse.Namespace) -> None:
         f"{np.quantile(normal, 0.9):.1f} dB"
     )
     print(
-        "warm-up | codes agree: 2 s after swap, rest | jump at swap | max |y-x| / peak | LSD around swap "
+        "warm-up | codes agree: 2 s after swap, rest | added jump at swap boundaries | max |y-x| / peak | LSD around swap "
         "(median, max dB) | frame RMS change (dB) | step ms (normal, warm-up, swap)"
     )
     for w in args.warmups:
@@ -182,7 +180,9 @@ def swap(args: argparse.Namespace) -> None:
             y = np.concatenate(y, -1)[0, 0]
             assert mimi.swaps == {"enc": 1, "dec": 1}, mimi.swaps
             b = at * FRAME
-            jump = max(abs(y[i] - y[i - 1]) for i in range(b - cf * FRAME, b + 1, FRAME))
+            # The click a swap adds: the step of the difference signal at the frame boundaries it touches.
+            e = y - out
+            jump = max(abs(e[i] - e[i - 1]) for i in range(b - cf * FRAME, b + 1, FRAME))
             around = slice(max(0, (b - (cf + 1) * FRAME) // hop), (b + 2 * FRAME) // hop)
             dist = lsd(stft_db(y)[around], ref_spec[around])
             rms = lambda x: 20 * np.log10(np.sqrt((x.reshape(-1, FRAME) ** 2).mean(-1)) + 1e-9)
@@ -222,14 +222,11 @@ def lm(args: argparse.Namespace) -> None:
             crossfade=args.crossfade if every < n else 0,
         )
         conv = Conversation(gen, mimi)
-        text, audio = [], []
+        text = []
         for t in range(n):
             r = conv.step(pcm[0, 0, t * FRAME : (t + 1) * FRAME])
             if r.text_token is not None:
                 text.append(r.text_token)
-                audio.append(
-                    np.array(conv.lm_gen.last_audio_tokens()) if hasattr(conv.lm_gen, "last_audio_tokens") else None
-                )
         runs[name] = (np.array(text), mimi.swaps)
     print(f"tiny LM, {n} frames, rust backend; swapped: every {args.swap_every} frames, warm-up {args.warmup}")
     for name, (text, swaps) in runs.items():
