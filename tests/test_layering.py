@@ -1,4 +1,4 @@
-"""The package's layering (docs: /work/shared/design.md): each floor imports only floors below it.
+"""The package's layering (the design's floor table, below): each floor imports only floors below it.
 
 Every `import` in every module counts, function-level and lazy ones included: an upward import
 hidden in a function is still a cycle waiting to happen.

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,16 @@ def _python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _pyproject() -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        pytest.skip("tomllib needs Python 3.11")
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+def _requires(extra: str = "", platform: str = "linux") -> list[Requirement]:
+    """The installed mlx-moshi's requirements for `extra` alone ("" = the base) on `platform`."""
+    env = {"sys_platform": platform, "platform_system": {"linux": "Linux", "darwin": "Darwin"}[platform]}
+    reqs = [Requirement(line) for line in requires("mlx-moshi") or []]
+
+    def active(r: Requirement, e: str) -> bool:
+        return r.marker is None or r.marker.evaluate({**env, "extra": e})
+
+    base = [r for r in reqs if active(r, "")]
+    return base if not extra else [r for r in reqs if active(r, extra) and r not in base]
 
 
 def test_importing_a_building_block_loads_nothing_heavy():
@@ -63,14 +68,14 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_dependencies_have_floors_and_rustymimi_is_optional():
-    project = _pyproject()["project"]
-    base = [Requirement(r) for r in project["dependencies"]]
-    assert all(any(s.operator == ">=" for s in r.specifier) for r in base), "every dependency needs a floor"
-    names = {r.name for r in base}
-    assert not names & {"rustymimi", "safetensors", "transformers", "torch"}
-    extras = project["optional-dependencies"]
-    assert [Requirement(r).name for r in extras["rust"]] == ["rustymimi"]
-    assert "rustymimi" not in {Requirement(r).name for r in extras["test"]}  # a CI venv runs without it
+    for platform in ("linux", "darwin"):
+        base = _requires(platform=platform)
+        assert all(any(s.operator == ">=" for s in r.specifier) for r in base), "every dependency needs a floor"
+        names = {r.name for r in base}
+        assert "mlx" in names and not names & {"rustymimi", "safetensors", "transformers", "torch"}
+        assert [r.name for r in _requires("rust", platform)] == ["rustymimi"]
+        assert "rustymimi" not in {r.name for r in _requires("test", platform)}  # a CI venv runs without it
+    assert _requires("cuda", "darwin") == []
 
 
 def _wheel(out: Path, name: str, version: str, requires: list[str], files: dict[str, str],
@@ -102,13 +107,12 @@ def _unmarked(req: Requirement) -> str:
 def test_cuda_extra_leaves_the_cuda_library_in_place(tmp_path, extras, library):
     """Stand-in wheels with MLX's shape: `mlx-cpu` and `mlx-cuda-12` both ship `mlx/lib/libmlx.so`.
 
-    Our mlx requirements (platform markers dropped) must leave the CUDA copy in place with `[cuda]`,
+    Our Linux mlx requirements (platform markers dropped) must leave the CUDA copy in place with `[cuda]`,
     with the installer CI uses (this venv's pip).
     """
-    project = _pyproject()["project"]
-    mlx_reqs = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "mlx"]
-    linux = next(r for r in mlx_reqs if "cpu" in r.extras)
-    cuda = [Requirement(r) for r in project["optional-dependencies"]["cuda"]]
+    linux = next(r for r in _requires(platform="linux") if r.name == "mlx")
+    assert linux.extras == {"cpu"}
+    cuda = _requires("cuda", "linux")
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     v = "99.0"
