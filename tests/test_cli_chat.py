@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import pulse_devices
+from conftest import unavailable
 from moshi_mlx.audio import chat as chat_module
 from moshi_mlx.audio import devices
 from moshi_mlx.audio.conversation import FrameResult
@@ -34,6 +35,10 @@ pulse_server = pulse_devices.pulse_server  # the session's private PulseAudio (a
 def run_without_devices(*args: str) -> subprocess.CompletedProcess:
     if sys.platform != "linux" or list(Path("/dev/snd").glob("pcmC*")):
         pytest.skip("needs a Linux machine without sound cards (PortAudio then sees only sound servers)")
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as e:
+        unavailable("portaudio", f"PortAudio (libportaudio2) is not installed: {e}")
     return subprocess.run(
         [*CHAT, *args], env=pulse_devices.no_device_env(), capture_output=True, text=True, timeout=120
     )
@@ -255,13 +260,16 @@ def test_a_signal_stops_chat_with_real_stats(sig, code, how):
     cmd = [*CHAT, "--model", str(tiny_model_dir()), "--mimi-backend", default_backend(), "--seed", "0",
            "--duration", "300", "--stats"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, proc.kill)  # never hang the suite on a chat that does not start
+    watchdog.start()
     try:
         first = proc.stderr.readline()  # blocks until the devices are open (or an error)
         assert first.startswith("Moshi is listening"), first + proc.stderr.read()
-        time.sleep(4.0)
+        time.sleep(5.0)
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -271,11 +279,12 @@ def test_a_signal_stops_chat_with_real_stats(sig, code, how):
     m = SUMMARY.match(lines[1])
     assert m, lines[1]
     seconds, n = float(m["seconds"]), {k: int(v) for k, v in m.groupdict().items() if k != "seconds"}
-    assert 3.5 <= seconds <= 30, lines[1]  # listening time, not 0.0
+    assert 4.5 <= seconds <= 30, lines[1]  # listening time, not 0.0
     assert lines[0] == f"Stopped ({how}) after {m['seconds']} s of listening."
-    # Input arrives at 12.5 frames/s while the devices are open, less what the device buffer still
-    # holds at close and what ALSA->PulseAudio loses on a saturated 2-core box (see test_audio_devices).
-    assert 0.6 * seconds * 12.5 <= n["inp"] <= seconds * 12.5 + 2, lines[1]
+    # Input arrives at 12.5 frames/s while the devices are open, less the input stream's start-up and
+    # what ALSA->PulseAudio loses on a saturated 2-core box (measured: 57 % of the frames in 4 s with
+    # load 8; see also test_audio_devices).
+    assert 0.5 * seconds * 12.5 <= n["inp"] <= seconds * 12.5 + 2, lines[1]
     assert n["processed"] + n["dropped"] + n["pending"] == n["inp"], lines[1]
     # The tiny model answers from its second frame on (its acoustic delay is one frame).
     assert n["processed"] >= 1 and n["out"] == n["processed"] - 1, lines[1]

@@ -35,6 +35,7 @@ def chat(
 
     conversation.materialize()
     loop = DuplexLoop(conversation, on_text=show, frame_size=conversation.frame_size)
+    opened = None
     try:
         loop.start(prepare=conversation.warmup)
         with open_streams(loop, input_device=input_device, output_device=output_device):
@@ -48,9 +49,9 @@ def chat(
                     time.sleep(0.05)
             except KeyboardInterrupt:
                 loop.stats.interrupted = True
-            finally:
-                loop.stats.seconds = time.monotonic() - opened
     finally:
+        if opened is not None:  # until the devices closed: input keeps arriving while they close
+            loop.stats.seconds = time.monotonic() - opened
         loop.stop()  # after the devices closed, so the frame accounting is final
     out.write("\n")
     out.flush()
