@@ -213,7 +213,7 @@ def lm(args: argparse.Namespace) -> None:
     n, win = args.frames, args.window
     runs = {}
     for name, every in (("unswapped", n), ("swapped", args.swap_every)):
-        sp = SamplingParams()
+        sp = SamplingParams(seed=args.seed)  # the same sampling key in both runs
         gen = LmGen(model.lm, sp.text_sampler(), sp.audio_sampler(), seed=sp.seed)
         mimi = RustMimi(
             model.mimi.path,
