@@ -7,7 +7,6 @@ at frame 32, so a few swaps fit in a fast test: every 20 frames, warm-up 10, cro
 from __future__ import annotations
 
 import functools
-import resource
 
 import mlx.core as mx
 import numpy as np
@@ -137,24 +136,5 @@ def test_swap_parameters_are_checked(every, warmup, crossfade):
         RustMimi(ref.fixture_path(), swap_every=every, warmup=warmup, crossfade=crossfade, max_seq_len=MAX_SEQ_LEN)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-@pytest.mark.slow
-def test_streams_past_4096_frames_with_flat_memory():
-    """Default settings, 4200 frames (5.6 min) of encode + decode through one RustMimi."""
-    mimi = RustMimi(ref.fixture_path())
-    pcm = varied_speech(96)
-    rss = {}
-    for t in range(4200):
-        mimi.decode_step(mimi.encode_step(frame(pcm, t % 96)))
-        rss[t + 1] = rss_mb()
-    assert mimi.swaps["enc"] >= 3 and mimi.swaps["dec"] >= 3
-    first_cycle = max(rss[t] for t in range(1, mimi.swap_every + mimi.warmup + 1))
-    late = max(rss[t] for t in range(3000, 4201))
-    # One instance's KV caches grow by ~128 KB per frame (measured): without the swap the late peak
-    # would be ~380 MB above the first cycle's; allocator reuse of freed instances stays within 64 MB.
-    assert late - first_cycle <= 64, (first_cycle, late, rss[500], rss[4200])
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+# The real limit (4096 frames at rustymimi's default table) with default swap settings and flat
+# memory is covered end to end by tests/test_run_long.py (7 minutes through `moshi-mlx run --mimi-backend rust`).
