@@ -1,16 +1,16 @@
 """Mimi's memory and rustymimi's instance swap, measured on the random speech-fitted fixture.
 
-    python benchmarks/mimi_swap.py depth [--at 1100] [--warmups 0,25,125,250,500,750,1000,1100]
+    python -m benchmarks.mimi_swap depth [--at 1100] [--warmups 0,25,125,250,500,750,1000,1100]
         torch moshi: a Mimi started fresh W frames before frame `at`, against the continuing stream,
         per stage (SEANet, each transformer layer, latent, codes; decoder likewise): where the
         memory beyond the 10 s attention window lives.
-    python benchmarks/mimi_swap.py swap [--frames 600] [--swap-at 300] [--warmups 50,125,250,375]
+    python -m benchmarks.mimi_swap swap [--frames 600] [--swap-at 300] [--warmups 50,125,250,375]
         rustymimi: encode/decode with one swap against the unswapped stream: codes agreement after
         the swap, the sample jump at the boundary and a short-time spectral distance, each next to
         the stream's normal frame-to-frame variation; per-frame time around the swap.
-    python benchmarks/mimi_swap.py lm [--frames 400] [--swap-every 150]
+    python -m benchmarks.mimi_swap lm [--frames 400] [--swap-every 150]
         the tiny LM through `Conversation` (rust backend), token statistics before/after swaps.
-    python benchmarks/mimi_swap.py rss [--frames 5000]
+    python -m benchmarks.mimi_swap rss [--frames 5000]
         RSS of rustymimi encode+decode alone at frames 100, 600, ... with and without the swap.
 
 Prefix with `nice -n 10` on a shared machine. Signals are the speech asset tiled with a random gain,
@@ -20,14 +20,12 @@ shift and sign per repetition (seeded), so that no two repetitions are identical
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import mimi_reference as ref
+from tests import mimi_reference as ref
 
 FRAME = ref.FRAME
 
@@ -200,7 +198,9 @@ def swap(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------- lm
 def lm(args: argparse.Namespace) -> None:
-    from tiny_model import tiny_model_dir
+    import tempfile
+
+    from tests.fixtures.make_tiny_model import make_tiny_model
 
     from moshi_mlx.audio.conversation import Conversation
     from moshi_mlx.generate import LmGen
@@ -208,7 +208,8 @@ def lm(args: argparse.Namespace) -> None:
     from moshi_mlx.sampling import SamplingParams
     from moshi_mlx.weights.pretrained import load_pretrained
 
-    model = load_pretrained(tiny_model_dir(), "rust", None)
+    folder = Path(tempfile.mkdtemp(prefix="mimi_swap_")) / "tiny-moshi"
+    model = load_pretrained(make_tiny_model(folder, mimi=ref.fixture_path()), "rust", None)
     pcm = long_speech(args.frames, args.seed)
     n, win = args.frames, args.window
     runs = {}
