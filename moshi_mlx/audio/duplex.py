@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..models.codec import FRAME_SIZE
 from .conversation import FrameResult
 
 
@@ -107,7 +108,7 @@ class DuplexLoop:
         self,
         conversation,
         on_text: Callable[[str], None] | None = None,
-        frame_size: int = 1920,
+        frame_size: int = FRAME_SIZE,
         max_input_backlog: int = 3,
         max_output_backlog: int = 6,
     ):

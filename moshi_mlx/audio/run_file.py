@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MoshiError
+from ..models.codec import FRAME_SIZE
 from .conversation import Conversation
 from .io import SAMPLE_RATE, AudioReader, WavWriter
 
@@ -71,7 +72,7 @@ class FileRun:
     `total_frames`, also after `run` stopped on an exception.
     """
 
-    def __init__(self, input_path: str | Path, output: str | Path, text_out: str | Path | None = None, frame_size: int = 1920):
+    def __init__(self, input_path: str | Path, output: str | Path, text_out: str | Path | None = None, frame_size: int = FRAME_SIZE):
         check_outputs(input_path, output, text_out)
         self.output = Path(output)
         self.text_out = Path(text_out) if text_out is not None else None
