@@ -247,6 +247,9 @@ class RustMimi:
             if left == 1:
                 self._side[side] += 1
                 self.swaps[side] += 1
+                # Drop this frame's references first: the old instance must be freed (and trimmed)
+                # before the spare's build starts, or three instances briefly coexist (+350 MB peak).
+                del cur, nxt
                 self._settle()
         return out
 
