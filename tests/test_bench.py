@@ -1,0 +1,70 @@
+"""`moshi-mlx bench`: the shape of its --json output and table on the micro config, and how it
+keeps Kyutai's process away from our package. No timing is asserted (benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from moshi_mlx.cli import bench
+
+KYUTAI_PYTHON = os.environ.get("MOSHI_MLX_KYUTAI_PYTHON")
+
+
+def run_json(capsys, *argv: str) -> dict:
+    bench.main(["--config", "micro", "--steps", "2", "--warmup", "1", "--rounds", "1", "--no-mimi", "--json", *argv])
+    return json.loads(capsys.readouterr().out)
+
+
+def check_side(side: dict) -> None:
+    assert side["step_ms"] > 0 and len(side["round_medians_ms"]) == 1
+    assert set(side["components_ms"]) == {"temporal", "depformer", "sampling"}
+    assert all(v > 0 for v in side["components_ms"].values())
+    assert 1 <= side["python_nodes"] <= side["graph_nodes"]
+    assert side["peak_rss_mb"] >= side["rss_after_imports_mb"] > 0
+    assert side["roofline_fraction"] > 0
+
+
+def test_json_on_micro_reports_every_measure_for_each_side(capsys):
+    result = run_json(capsys, "--precision", "fp32,q4", "--kyutai-python", "")
+    assert result["backend"] == "mlx-cpu" and result["machine"] and result["date"]
+    assert [(c["config"], c["precision"], c["bits"]) for c in result["cases"]] == [("micro", "fp32", None), ("micro", "q4", 4)]
+    fp32, q4 = result["cases"]
+    # The weights a step reads: fewer bytes once quantized to 4 bits.
+    assert 0 < q4["weights_read_mb"] < fp32["weights_read_mb"] / 4
+    for case in result["cases"]:
+        assert case["bandwidth_gb_s"] > 0 and case["roofline_ms"] > 0
+        assert "kyutai" not in case["sides"]
+        for side in case["sides"].values():
+            check_side(side)
+        assert case["sides"]["ours"]["module"].startswith(str(bench.PACKAGE_ROOT))
+    # --table prints the README's rows from the same result, one per case.
+    lines = bench.table_rows(result).splitlines()
+    assert lines[0].startswith("| machine | backend | config | dtype | ours")
+    assert len(lines) == 4 and "| mlx-cpu | micro | fp32 |" in lines[2] and "| micro | q4 |" in lines[3]
+
+
+def test_kyutai_process_does_not_see_our_package(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(bench.PACKAGE_ROOT), "/elsewhere"]))
+    env = bench.kyutai_env("/opt/kyutai-site")
+    assert env["PYTHONPATH"].split(os.pathsep) == ["/opt/kyutai-site", "/elsewhere"]
+    # Our package offered as Kyutai's is refused with a line naming it.
+    with pytest.raises(RuntimeError, match="is not Kyutai's moshi_mlx 0.3.0"):
+        bench.call_worker(sys.executable, {"side": "kyutai", "config": {}}, bench.ours_env())
+
+
+def test_bad_config_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--config", "huge"])
+    assert e.value.code == 2 and "unknown bench config 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not KYUTAI_PYTHON, reason="set MOSHI_MLX_KYUTAI_PYTHON to Kyutai's venv python (benchmarks/make_kyutai_venv.sh)")
+def test_json_with_kyutai(capsys):
+    case = run_json(capsys, "--precision", "fp32", "--kyutai-python", KYUTAI_PYTHON)["cases"][0]
+    check_side(case["sides"]["kyutai"])
+    assert not case["sides"]["kyutai"]["module"].startswith(str(bench.PACKAGE_ROOT))
+    assert case["speedup_over_kyutai"] > 0
