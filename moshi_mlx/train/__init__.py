@@ -1,0 +1,1 @@
+"""Fine-tuning: moshi-finetune datasets, interleaving, the LoRA/full training loop, checkpoints."""
