@@ -191,9 +191,10 @@ def test_unknown_layout_is_named(tmp_path):
 
 
 def test_hf_transformers_layout_is_named(tmp_path):
+    """The HF layout loads (tests/test_hf.py); with a config it cannot hold, the error names both."""
     path = tmp_path / "hf.safetensors"
     weights = {"decoder.model.norm.weight": mx.ones((4,)), "embed_tokens.0.weight": mx.ones((2, 4))}
     mx.save_safetensors(str(path), weights)
-    expected = rf"^{path}: HF transformers Moshi layout \(key 'decoder.model.norm.weight'\) is not supported yet"
+    expected = rf"^{path}: HF transformers Moshi layout, but the config does not fit it \(.*n_q=4 is not 2 x dep_q=3\)$"
     with pytest.raises(WeightsError, match=expected):
         load_lm(path, config=config())

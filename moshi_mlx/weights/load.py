@@ -4,7 +4,8 @@ Layouts are told apart by their keys (`detect_layout`):
 - "kyutai_mlx": Kyutai's MLX files, bf16 or quantized (`audio_embs.*`, `depformer.slices.*`);
 - "kyutai_torch": Kyutai's torch files (`*.alpha` norms, `in_proj_weight`) or a torch `state_dict()`;
 - "moshi_mlx": our own format (`save_lm`), already in our names, possibly quantized.
-HF transformers checkpoints (`decoder.model.*`, `depth_decoder.*`) are recognised and refused.
+- "hf": the HF transformers Moshi layout (`decoder.model.*`, `depth_decoder.*`; see `hf.py`), whose
+  `config.json` is HF's; its Mimi (`audio_encoder.*`) is read by `hf_folder.hf_mimi`.
 Quantization is read from the weights (`.scales` keys) and re-applied to a fresh model before a
 strict load. Loading is lazy: tensors are read from the file when first evaluated.
 """
@@ -21,10 +22,11 @@ from ..hub import ModelFiles, resolve
 from ..models.lm import Lm
 from .common import WeightsError, read_safetensors, strict_load
 from .kyutai_mlx import convert_kyutai_mlx, is_kyutai_mlx
+from .hf import convert_hf, is_hf_config, is_hf_layout, lm_config_from_hf
 from .kyutai_torch import convert_kyutai_torch
 from .quantize import infer_quantization, model_quantization, quantize_for_weights
 
-LAYOUTS = ("kyutai_mlx", "kyutai_torch", "moshi_mlx")
+LAYOUTS = ("kyutai_mlx", "kyutai_torch", "moshi_mlx", "hf")
 
 Converted = tuple[dict[str, mx.array], dict[str, str], Callable[[str], str] | None]
 
@@ -33,12 +35,8 @@ def detect_layout(keys: list[str], source: str) -> str:
     """Names the checkpoint layout of an LM state dict from its keys."""
     if is_kyutai_mlx(keys):
         return "kyutai_mlx"
-    hf = next((k for k in keys if k.startswith(("decoder.model.", "depth_decoder."))), None)
-    if hf is not None:
-        raise WeightsError(
-            f"{source}: HF transformers Moshi layout (key {hf!r}) is not supported yet; "
-            "use Kyutai's torch or MLX checkpoints"
-        )
+    if is_hf_layout(keys):
+        return "hf"
     if any(k.endswith((".alpha", ".in_proj_weight")) or ".self_attn.out_proj." in k for k in keys):
         return "kyutai_torch"
     if any(k.startswith(("text_emb.", "emb.", "transformer.layers.")) for k in keys):
@@ -57,6 +55,8 @@ def convert_any(state: Mapping[str, mx.array], cfg: LmConfig, source: str) -> tu
     layout = detect_layout(list(state), source)
     if layout == "kyutai_mlx":
         return layout, convert_kyutai_mlx(state, cfg, source)
+    if layout == "hf":
+        return layout, convert_hf(state, cfg, source)
     converted, origin = convert_kyutai_torch(state, cfg, source)
     return layout, (converted, origin, None)
 
@@ -101,13 +101,24 @@ def load_lm(
     """
     files = files or resolve(path_or_dir, require=("lm",))
     assert files.lm is not None
-    cfg = config or files.lm_config()
+    cfg = config or lm_config_of(files)
     source = str(files.lm)
     config_quant = (files.config_dict() or {}).get("quantization") if config is None else None
     model = build_lm(read_safetensors(files.lm), cfg, source, dtype)
     if config_quant is not None:
         _check_recorded_quantization(model, config_quant, files)
     return model
+
+
+def lm_config_of(files: ModelFiles) -> LmConfig:
+    """The LM architecture of `files`: its `config.json` in Kyutai's or HF's format, else the 7B."""
+    raw = files.config_dict()
+    if not is_hf_config(raw):
+        return files.lm_config()
+    try:
+        return lm_config_from_hf(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{files.config}: {e}") from e
 
 
 def _check_recorded_quantization(model: Lm, recorded: object, files: ModelFiles) -> None:
