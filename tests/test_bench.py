@@ -68,3 +68,5 @@ def test_json_with_kyutai(capsys):
     check_side(case["sides"]["kyutai"])
     assert not case["sides"]["kyutai"]["module"].startswith(str(bench.PACKAGE_ROOT))
     assert case["speedup_over_kyutai"] > 0
+    # The same architecture on both sides (Kyutai keeps a copy of the depformer's norms per codebook).
+    assert case["sides"]["kyutai"]["param_bytes"] == pytest.approx(case["sides"]["ours"]["param_bytes"], rel=0.01)

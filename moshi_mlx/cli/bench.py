@@ -37,15 +37,15 @@ PRECISIONS = ("fp32", "bf16", "fp16", "q8", "q4")  # q8/q4: bf16 compute, quanti
 def bench_configs() -> dict[str, dict]:
     """Architectures to time, as Kyutai config dicts. "small" keeps the 7B's vocabularies and
     depformer but shrinks the temporal transformer (1024 wide, 8 layers), so it runs on a CPU;
-    "micro" keeps the 7B's layer counts, stream layout and delays at width 64 (feed-forward
-    256, text vocabulary 1000, codebooks of 256): a few MB of weights, so a step costs what building and dispatching
+    "micro" keeps the 7B's layer counts, stream layout and delays at width 64 (text vocabulary
+    1000, codebooks of 256): a few MB of weights, so a step costs what building and dispatching
     its graph costs, as a 7B step does on a GPU at batch 1."""
     seven_b = dict(LmConfig.from_preset("moshi_7b").raw)
     small = {**seven_b, "dim": 1024, "num_heads": 16, "num_layers": 8}
     tiny = {**small, "dim": 256, "num_heads": 4, "num_layers": 2, "depformer_dim": 256,
             "depformer_num_heads": 4, "depformer_num_layers": 2, "depformer_dim_feedforward": 1056}
-    micro = {**seven_b, "dim": 64, "num_heads": 4, "text_card": 1000, "card": 256, "hidden_scale": 6.0,
-             "depformer_dim": 64, "depformer_num_heads": 4, "depformer_dim_feedforward": 384}
+    micro = {**seven_b, "dim": 64, "num_heads": 4, "text_card": 1000, "card": 256, "depformer_dim": 64,
+             "depformer_num_heads": 4, "depformer_dim_feedforward": 264}
     return {"7b": seven_b, "small": small, "tiny": tiny, "micro": micro}
 
 
@@ -115,6 +115,8 @@ class Side:
             "rss_after_imports_mb": max(r["rss_after_imports_mb"] for r in self.rounds),
             "mlx_peak_mb": max((r["mlx_peak_mb"] or 0) for r in self.rounds) or None,
             "module": self.rounds[-1]["module"],
+            "param_bytes": self.rounds[-1]["param_bytes"],
+            "unquantized_layers": self.rounds[-1]["unquantized_layers"],
         }
 
 

@@ -164,11 +164,26 @@ def memory() -> dict:
     return {"rss_mb": rss_mb, "mlx_peak_mb": peak() / 2**20 if peak else None}
 
 
-def prepare(model, args: dict) -> None:
+def prepare(model, args: dict) -> dict:
+    """Casts and quantizes `model` as asked, evaluates its weights; returns what it did. Layers
+    whose input width the group size does not divide (micro's 176-wide feed-forward output) stay
+    unquantized, on both sides alike."""
     model.set_dtype(getattr(mx, args["dtype"]))
+    kept = []
     if args["bits"]:
-        nn.quantize(model, group_size=args["group_size"], bits=args["bits"])
+        group = args["group_size"]
+
+        def quantizable(path: str, m) -> bool:
+            if not hasattr(m, "to_quantized"):
+                return False
+            if m.weight.shape[-1] % group:
+                kept.append(path)
+                return False
+            return True
+
+        nn.quantize(model, group_size=group, bits=args["bits"], class_predicate=quantizable)
     mx.eval(model.parameters())
+    return {"param_bytes": sum(v.nbytes for _, v in tree_flatten(model.parameters())), "unquantized_layers": len(kept)}
 
 
 def weights_read_bytes(model) -> int:
@@ -226,7 +241,7 @@ def ours(args: dict) -> dict:
 
     after_imports = memory()["rss_mb"]
     model = Lm(LmConfig.from_kyutai_json(args["config"]))
-    prepare(model, args)
+    prepared = prepare(model, args)
     mx.random.seed(0)
     kwargs = {}
     if args.get("compiled") is not None:
@@ -248,6 +263,7 @@ def ours(args: dict) -> dict:
 
     result = run_steps(step, lambda: [gen], args)
     result["rss_after_imports_mb"] = after_imports
+    result.update(prepared)
     result["weights_read_bytes"] = weights_read_bytes(model)
     result["module"] = inspect.getfile(LmGen)
 
@@ -300,7 +316,7 @@ def kyutai(args: dict) -> dict:
     after_imports = memory()["rss_mb"]
     cfg = models.LmConfig.from_config_dict(args["config"])
     model = models.Lm(cfg)
-    prepare(model, args)
+    prepared = prepare(model, args)
     text_sampler = utils.Sampler(temp=0.7, top_k=25)
     audio_sampler = utils.Sampler(temp=0.8, top_k=250)
     total = args["warmup"] + args["steps"] + 1
@@ -319,6 +335,7 @@ def kyutai(args: dict) -> dict:
     result = run_steps(step, lambda: [gen, model.transformer_cache, model.depformer_cache], args)
     result["module"] = moshi_mlx.__file__
     result["rss_after_imports_mb"] = after_imports
+    result.update(prepared)
 
     n = args["component_steps"]
     cache = model.transformer.make_rot_cache()
