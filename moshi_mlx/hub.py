@@ -179,6 +179,11 @@ def _wanted_names(raw: dict[str, Any] | None, lm_name: str | None) -> dict[str, 
     }
 
 
+def is_hf_moshi_config(raw: dict[str, Any] | None) -> bool:
+    """True for an HF transformers Moshi `config.json` (Kyutai's name the width `dim`, HF `hidden_size`)."""
+    return bool(raw) and raw.get("model_type") == "moshi" and "hidden_size" in raw
+
+
 def _from_folder(folder: Path, lm_name: str | None, require: tuple[str, ...], where: str) -> ModelFiles:
     config = folder / CONFIG_NAME
     config = config if config.is_file() else None
@@ -187,6 +192,8 @@ def _from_folder(folder: Path, lm_name: str | None, require: tuple[str, ...], wh
     found: dict[str, Path | None] = {}
     for role, candidates in names.items():
         found[role] = next((folder / n for n in candidates if (folder / n).is_file()), None)
+    if is_hf_moshi_config(raw):  # an HF transformers Moshi file holds its Mimi (`audio_encoder.*`)
+        found["mimi"] = found["lm"]
     missing = [r for r in require if found[r] is None]
     if missing:
         looked = "; ".join(f"{r}: {', '.join(names[r])}" for r in missing)

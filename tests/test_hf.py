@@ -191,3 +191,18 @@ def test_hf_weights_errors_name_the_key(hf_folder, tmp_path):
     (bad / "config.json").write_text((hf_folder / "config.json").read_text())
     with pytest.raises(WeightsError, match=r"model.safetensors: missing key 'depth_decoder.lm_heads.weight'$"):
         load_lm(bad)
+
+
+def test_an_hf_folder_runs_as_a_whole_model(tiny, tmp_path):
+    """`load_pretrained` (what `run`/`chat` use) takes LM, Mimi and tokenizer from an HF folder."""
+    from moshi_mlx.models.codec import BackendError
+    from moshi_mlx.weights.pretrained import load_pretrained
+
+    hf_dir = tmp_path / "hf"
+    main(["convert", str(tiny), str(hf_dir), "--to", "hf"])
+    theirs, ours = load_pretrained(hf_dir), load_pretrained(tiny, mimi_backend="mlx")
+    x = mx.array((np.random.default_rng(1).standard_normal((1, 1, 1920 * 2)) * 0.1).astype(np.float32))
+    assert mx.array_equal(theirs.mimi.encode(x), ours.mimi.encode(x)).item()
+    assert theirs.tokenizer.vocab_size == ours.tokenizer.vocab_size
+    with pytest.raises(BackendError, match="rustymimi cannot read the HF layout's Mimi"):
+        load_pretrained(hf_dir, mimi_backend="rust")

@@ -22,6 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..config import ConfigError, LmConfig
+from ..hub import is_hf_moshi_config
 from ..models.lm import Lm
 from .common import WeightsError
 
@@ -31,9 +32,7 @@ _ACTS = ("silu", "gelu", "relu", "sigmoid", "tanh")
 _EPS_NORM = {1e-8: "rms_norm_f32", 1e-5: "rms_norm"}
 
 
-def is_hf_config(raw: Mapping[str, Any] | None) -> bool:
-    """True for an HF transformers Moshi `config.json`."""
-    return bool(raw) and raw.get("model_type") == "moshi" and "hidden_size" in raw
+is_hf_config = is_hf_moshi_config
 
 
 def is_hf_layout(keys: list[str]) -> bool:

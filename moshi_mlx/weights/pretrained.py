@@ -8,11 +8,13 @@ from pathlib import Path
 import mlx.core as mx
 
 from ..hub import DEFAULT_REPO, ModelFiles, resolve
-from ..models.codec import MimiLike
+from ..models.codec import BackendError, MimiLike
 from ..models.lm import Lm
 from ..tokenizer import Tokenizer
 from .load import load_lm
-from .mimi import load_mimi_backend
+from .hf import is_hf_config
+from .hf_folder import hf_mimi
+from .mimi import load_mimi, load_mimi_backend
 
 
 @dataclass
@@ -41,5 +43,12 @@ def load_pretrained(
     lm = load_lm(source, dtype=dtype, files=files)
     cfg = lm.cfg
     num_codebooks = max(cfg.dep_q, cfg.n_q - cfg.dep_q)
-    mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks, files.mimi_config(num_codebooks))
+    raw = files.config_dict()
+    if is_hf_config(raw):  # the Mimi is inside the HF checkpoint; rustymimi reads Kyutai's files only
+        if mimi_backend == "rust":
+            raise BackendError(f"{files.lm}: rustymimi cannot read the HF layout's Mimi; use --mimi-backend mlx "
+                               "or convert the folder first (moshi-mlx convert)")
+        mimi = load_mimi(*hf_mimi(files.lm, raw, str(files.lm), num_codebooks))
+    else:
+        mimi = load_mimi_backend(files.mimi, mimi_backend, num_codebooks, files.mimi_config(num_codebooks))
     return Pretrained(lm, mimi, tokenizer, files)
