@@ -40,11 +40,10 @@ class WordTokenizer(Protocol):
 
 def tokenize_word(tokenizer: WordTokenizer, word: str) -> list[int]:
     """Tokens of one word (moshi-finetune `tokenize(..., bos=False)`): lines joined by the newline piece."""
-    newline = tokenizer.encode("\n")[-1]
     out: list[int] = []
     for i, line in enumerate(word.strip().split("\n")):
         if i:
-            out.append(newline)
+            out.extend(tokenizer.encode("\n")[-1:])  # the newline piece (none if the vocabulary lacks one)
         out.extend(tokenizer.encode(line))
     return out
 
