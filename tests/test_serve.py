@@ -1,0 +1,219 @@
+"""`moshi-mlx serve` over Kyutai's websocket protocol (`rust/protocol.md`), with the tiny model:
+a Python client sends Ogg/Opus speech in real time and checks what comes back; busy, bad input,
+cross-origin and disconnects are refused or survived cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+import sphn
+from serve_support import FRAME, RunningServer, ogg_pages, parse_handshake, tiny_conversation
+
+from moshi_mlx.cli.main import main as cli_main
+from moshi_mlx.weights.tiny import make_tiny_model
+
+SPEECH = Path(__file__).resolve().parent / "assets" / "speech_24k.wav"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-moshi")
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    running = RunningServer(tiny_conversation(folder, record=True), idle_timeout=2.0, max_message_bytes=64 * 1024)
+    yield running
+    running.stop()
+
+
+def speech(seconds: float) -> np.ndarray:
+    pcm = sphn.read(str(SPEECH), sample_rate=24000)[0][0]
+    return pcm[: int(seconds * 24000)]
+
+
+async def talk(url: str, pages: list[bytes], headers: dict | None = None, linger: float = 0.4) -> list[bytes]:
+    """Sends each page as an audio message every 80 ms (real time), then listens `linger` s more;
+    returns every message received, handshake first."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, headers=headers) as ws:
+            got = [await ws.receive_bytes(timeout=30)]
+
+            async def receive() -> None:
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        got.append(message.data)
+
+            task = asyncio.ensure_future(receive())
+            start = time.monotonic()
+            for i, page in enumerate(pages):
+                await ws.send_bytes(b"\x01" + page)
+                await asyncio.sleep(max(0.0, start + 0.08 * (i + 1) - time.monotonic()))
+            await asyncio.sleep(linger)
+            await ws.close()
+            await task
+    return got
+
+
+def decode(messages: list[bytes]) -> np.ndarray:
+    reader = sphn.OpusStreamReader(24000)
+    parts = [reader.append_bytes(m[1:]) for m in messages if m[0] == 1]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def test_protocol_round_trip_matches_direct_encoding(server, folder):
+    pages = ogg_pages(speech(3.2))
+    server.worker.base.mimi.codes.clear()
+    got = asyncio.run(talk(server.ws_url, pages))
+    assert parse_handshake(got[0]) == (0, 0)
+    assert {m[0] for m in got[1:]} <= {1, 2}, "only audio and text after the handshake"
+    assert server.idle()
+    stats = server.server.sessions[-1]
+    assert stats.frames_in == len(pages) and stats.frames_dropped_in == 0, stats.summary()
+    # One 80 ms frame of Moshi's audio per frame sent (silence while the delays fill).
+    assert decode(got).shape[0] == len(pages) * FRAME
+    text = "".join(m[1:].decode("utf-8") for m in got if m[0] == 2)
+    assert text.strip(), "the model's text reached the client"
+    # The server's user-side codes are those of encoding the same Opus-decoded speech directly.
+    reader = sphn.OpusStreamReader(24000)
+    heard = np.concatenate([reader.append_bytes(p) for p in pages])
+    direct = tiny_conversation(folder).mimi
+    direct.reset()
+    expected = [np.array(direct.encode_step(heard[None, None, i:i + FRAME])) for i in range(0, len(pages) * FRAME, FRAME)]
+    served = server.worker.base.mimi.codes
+    assert len(served) == len(expected)
+    for i, (a, b) in enumerate(zip(served, expected)):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {i}")
+
+
+def test_each_connection_is_a_fresh_conversation(server):
+    pages = ogg_pages(speech(1.2))
+    url = server.ws_url + "?seed=7&text_temperature=0.7&text_topk=25&audio_seed=1&pad_mult=0"
+    first = asyncio.run(talk(url, pages))
+    second = asyncio.run(talk(url, pages))
+    assert [m for m in first if m[0] == 2] == [m for m in second if m[0] == 2]
+    np.testing.assert_array_equal(decode(first), decode(second))
+    assert decode(first).shape[0] == len(pages) * FRAME
+
+
+async def _second_client_is_busy(server) -> tuple[bytes, int, list[bytes]]:
+    pages = ogg_pages(speech(1.0))
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.ws_url) as first:
+            assert (await first.receive_bytes(timeout=30))[0] == 0
+            async with http.ws_connect(server.ws_url) as second:
+                refused = await second.receive_bytes(timeout=10)
+                closing = await second.receive(timeout=10)
+            # The first conversation goes on.
+            for page in pages:
+                await first.send_bytes(b"\x01" + page)
+            answers = [await first.receive_bytes(timeout=10) for _ in range(3)]
+    return refused, closing.data, answers
+
+
+def test_a_second_client_gets_busy_and_the_first_goes_on(server):
+    refused, code, answers = asyncio.run(_second_client_is_busy(server))
+    assert refused[0] == 5 and b"busy" in refused
+    assert code == 1013
+    assert answers[0][0] == 1
+
+
+async def _exchange(server, messages: list, headers: dict | None = None, url: str | None = None):
+    """Sends `messages` (bytes, or str for a text frame) after the handshake; returns what came back
+    (kinds) and the close code."""
+    kinds = []
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url or server.ws_url, headers=headers) as ws:
+            for m in messages:
+                await (ws.send_str(m) if isinstance(m, str) else ws.send_bytes(m))
+            while True:
+                message = await ws.receive(timeout=10)
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    return kinds, ws.close_code, message
+                kinds.append(message.data[:1] + (message.data[1:] if message.data[0] == 5 else b""))
+
+
+def test_bad_input_is_refused_cleanly_and_the_server_goes_on(server):
+    page = ogg_pages(speech(0.4))
+    # Unknown kinds, client-only kinds, empty and text frames are discarded: audio still flows after them.
+    kinds, code, _ = asyncio.run(_exchange(server, [b"", b"\x09junk", b"\x03\x00", b"\x06", b"\x00\x00", "hello",
+                                                    b"\x01" + page[0], b"\x01" + page[1]]))
+    assert kinds[0] == b"\x00" and b"\x01" in kinds
+    assert server.idle()
+    # Garbage as audio: an error message, then a close (the Opus stream cannot recover).
+    kinds, code, _ = asyncio.run(_exchange(server, [b"\x01" + b"garbage" * 20]))
+    assert code == 1007 and any(k.startswith(b"\x05malformed Ogg/Opus") for k in kinds)
+    # Over the size cap: closed with 1009 (message too big).
+    kinds, code, _ = asyncio.run(_exchange(server, [b"\x01" + bytes(65 * 1024)]))
+    assert code == 1009
+    # A bad query value: an error naming it, no conversation.
+    kinds, code, _ = asyncio.run(_exchange(server, [], url=server.ws_url + "?text_temperature=hot"))
+    assert any(b"text_temperature" in k for k in kinds) and code == 1008
+    # Silent for longer than the idle timeout: told so and closed.
+    kinds, code, _ = asyncio.run(_exchange(server, []))
+    assert code == 1008 and any(k.startswith(b"\x05no message") for k in kinds)
+    assert server.idle()
+    # Still answering.
+    got = asyncio.run(talk(server.ws_url, page))
+    assert got[0][0] == 0 and decode(got).shape[0] == len(page) * FRAME
+
+
+def test_cross_origin_and_foreign_host_are_refused(server):
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": f"http://localhost.evil.example:{port}"},
+                    {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            asyncio.run(_exchange(server, [], headers=headers))
+        assert e.value.status == 403, headers
+    # The page's own origin is accepted.
+    kinds, _, _ = asyncio.run(_exchange(server, [b"\x01" + ogg_pages(speech(0.2))[0]],
+                                        headers={"Origin": f"http://localhost:{port}"}))
+    assert kinds[0] == b"\x00"
+    assert server.server.refused["origin"] >= 2 and server.server.refused["host"] >= 1
+
+
+def test_a_client_leaving_mid_message_frees_the_model_at_once(server):
+    page = ogg_pages(speech(0.4))[0]
+
+    async def leave() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.ws_url) as ws:
+                await ws.receive_bytes(timeout=30)
+                await ws.send_bytes(b"\x01" + page[: len(page) // 2])  # half an Ogg page
+
+    asyncio.run(leave())
+    assert server.idle(timeout=2.0)
+
+
+def test_serve_page_and_cli_errors(server, tmp_path):
+    async def get(path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.url + path) as r:
+                return r.status, await r.text()
+
+    status, html = asyncio.run(get(""))
+    assert status == 200 and "api/chat" in asyncio.run(get("app.js"))[1] and "<html" in html.lower()
+    assert asyncio.run(get("../../../../etc/passwd"))[0] in (403, 404)
+
+    def cli(*argv: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with redirect_stderr(err):
+            try:
+                cli_main(["serve", *argv])
+            except SystemExit as e:
+                return e.code, err.getvalue()
+        return 0, err.getvalue()
+
+    code, err = cli("--ssl", str(tmp_path), "--no-browser")
+    assert code == 2 and "cert.pem" in err and len(err.strip().splitlines()) == 1
+    code, err = cli("--static", str(tmp_path), "--no-browser")
+    assert code == 2 and "index.html" in err
+    code, err = cli("--port", "70000")
+    assert code == 2 and "--port" in err
