@@ -27,10 +27,12 @@ class RecordingMimi:
     def __init__(self, mimi):
         self.mimi = mimi
         self.codes: list[np.ndarray] = []
+        self.rms: list[float] = []  # of each frame the server heard
 
     def encode_step(self, pcm):
         codes = self.mimi.encode_step(pcm)
         self.codes.append(np.array(codes))
+        self.rms.append(float(np.sqrt(np.mean(np.square(np.asarray(pcm, dtype=np.float64))))))
         return codes
 
     def __getattr__(self, name):
