@@ -56,9 +56,9 @@ def checkpointed_layers(enabled: bool) -> Iterator[None]:
         return
     original = TransformerLayer.__call__
 
-    def call(layer: TransformerLayer, x: mx.array, cache=None) -> mx.array:
-        if cache is not None:
-            return original(layer, x, cache)
+    def call(layer: TransformerLayer, x: mx.array, *args, **kwargs) -> mx.array:
+        if any(a is not None for a in (*args, *kwargs.values())):  # a cache (streaming) or other inputs
+            return original(layer, x, *args, **kwargs)
 
         def inner(params, x):
             layer.update(params)

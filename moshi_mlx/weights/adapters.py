@@ -24,10 +24,11 @@ from mlx.utils import tree_flatten
 from ..files import atomic_write
 from ..models.lm import Lm
 from ..modules.lora import LoRALinear, apply_lora, linear_shape, lora_modules
-from .common import WeightsError, read_safetensors
+from .common import WeightsError, read_safetensors, strict_load
 from .export_torch import kyutai_config, write_safetensors
 
 ADAPTER_WEIGHTS = "lora.safetensors"
+FULL_WEIGHTS = "consolidated.safetensors"  # a full fine-tune's checkpoint: the whole LM, torch layout
 ADAPTER_CONFIG = "config.json"
 DEFAULT_SCALING = 2.0  # torch moshi's `lora_scaling` default
 
@@ -75,17 +76,28 @@ def find_adapter(source: str | Path) -> tuple[Path, Path | None]:
         config = source.parent / ADAPTER_CONFIG
         return source, config if config.is_file() else None
     for folder in (source, source / "consolidated"):
-        if (folder / ADAPTER_WEIGHTS).is_file():
-            config = folder / ADAPTER_CONFIG
-            return folder / ADAPTER_WEIGHTS, config if config.is_file() else None
+        for name in (ADAPTER_WEIGHTS, FULL_WEIGHTS):
+            if (folder / name).is_file():
+                config = folder / ADAPTER_CONFIG
+                return folder / name, config if config.is_file() else None
     if source.is_dir():
-        raise WeightsError(f"{source}: no {ADAPTER_WEIGHTS} in this folder or its consolidated/ folder")
+        raise WeightsError(
+            f"{source}: no {ADAPTER_WEIGHTS} (or {FULL_WEIGHTS}) in this folder or its consolidated/ folder"
+        )
     raise WeightsError(f"{source}: no such adapter file or folder")
 
 
 def load_adapters(model: Lm, source: str | Path) -> Lm:
     """Adds the LoRA layers (and trained embeddings) of adapter `source` to `model`, in place."""
     weights_path, config_path = find_adapter(source)
+    if weights_path.name == FULL_WEIGHTS:  # full fine-tuning: every weight replaced, in place
+        from .kyutai_torch import convert_kyutai_torch
+
+        converted, origin = convert_kyutai_torch(read_safetensors(weights_path), model.cfg, str(weights_path))
+        if lora_modules(model) or any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            raise WeightsError(f"{weights_path}: full fine-tuned weights load into a float base model only")
+        strict_load(model, converted, str(weights_path), origin)
+        return model
     state = read_safetensors(weights_path, what="a LoRA adapter file")
     scaling = DEFAULT_SCALING
     if config_path is not None:
@@ -140,4 +152,15 @@ def load_adapters(model: Lm, source: str | Path) -> Lm:
                 )
         model.load_weights([(k, v.astype(params[k].dtype)) for k, v in others.items()], strict=False)
     mx.eval(model.parameters())
+    return model
+
+
+def apply_adapter(model: Lm, source: str | Path) -> Lm:
+    """`load_adapters`, then folded into a float base for speed (a quantized base keeps the LoRA
+    layers beside it: merging would round the update away when re-quantizing)."""
+    from ..modules.lora import fuse_lora
+
+    load_adapters(model, source)
+    if not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+        fuse_lora(model)
     return model
