@@ -55,6 +55,7 @@ class TransformerConfig:
     kv_repeat: int = 1
     weights_per_step: int = 0
     weights_per_step_schedule: list[int] | None = None
+    cross_attention: bool = False  # a cross-attention block after self-attention (conditioned models)
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:
@@ -148,6 +149,9 @@ class LmConfig:
     depformer_low_rank_embeddings: int | None = None
     extra_heads_num_heads: int = 0
     extra_heads_dim: int = 6
+    # Conditioning (torch `condition_provider` / `fuser` config dicts; see models/conditioners.py).
+    conditioners: dict[str, Any] | None = None
+    fuser: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,11 +163,7 @@ class LmConfig:
             raise ConfigError(f"dep_q {self.dep_q} exceeds n_q {self.n_q}")
         if self.dep_q > 0 and self.depformer is None:
             raise ConfigError("dep_q > 0 needs a depformer configuration")
-        if self.extra_heads_num_heads:
-            raise ConfigError(
-                f"config key 'extra_heads_num_heads'={self.extra_heads_num_heads} is not supported by moshi_mlx yet "
-                "(extra heads would be loaded but never evaluated)"
-            )
+        _check_conditioning(self)
 
     # Special token ids (torch `LMModel` properties).
     @property
@@ -226,6 +226,24 @@ class LmConfig:
             raise ConfigError(f"{path}: {e}") from e
 
 
+def _check_conditioning(cfg: LmConfig) -> None:
+    """The fuser names only conditioners that exist, and cross-attention exactly when a condition is `cross`."""
+    names = set(cfg.conditioners or {})
+    for name, spec in (cfg.conditioners or {}).items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in ("lut", "tensor") or not isinstance(spec.get(kind), dict):
+            raise ConfigError(f"conditioner {name!r} needs a type 'lut' or 'tensor' and its settings under that key")
+    fuser = cfg.fuser or {}
+    for method in ("sum", "cross", "prepend"):
+        for name in fuser.get(method) or []:
+            if name not in names:
+                raise ConfigError(f"fuser {method!r} names {name!r}, which is not among the conditioners")
+    if bool(fuser.get("cross")) != cfg.transformer.cross_attention:
+        raise ConfigError("cross_attention must be true exactly when the fuser has 'cross' conditions")
+    if names and cfg.fuser is None:
+        raise ConfigError("conditioners without a fuser: nothing says how they reach the model")
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """Reads a `config.json` as a dict, with a one-line error naming the file."""
     try:
@@ -252,11 +270,8 @@ def _take(cfg: dict[str, Any], key: str, default: Any = ..., types: tuple = ()) 
 _UNSUPPORTED_IF_SET: dict[str, Any] = {
     # key: the only value we accept (the torch default)
     "norm_emb": False,
-    "cross_attention": False,
     "demux_second_text_stream": False,
     "demux_second_stream": False,
-    "conditioners": None,
-    "fuser": None,
     "quantize": False,
     "lora": False,
     "depformer_norm": None,
@@ -324,7 +339,10 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
         bias_proj=_take(cfg, "bias_proj", False, (bool,)),
         extra_heads_num_heads=_take(cfg, "extra_heads_num_heads", 0, num),
         extra_heads_dim=_take(cfg, "extra_heads_dim", 6, num),
+        conditioners=_take(cfg, "conditioners", None, (dict,)) or None,
+        fuser=_take(cfg, "fuser", None, (dict,)),
     )
+    cross_attention = _take(cfg, "cross_attention", False, (bool,))
     leftover = [k for k in cfg if k.startswith("depformer_")]
     if cfg:
         key = leftover[0] if leftover else sorted(cfg)[0]
@@ -336,6 +354,7 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
         num_layers=num_layers,
         dim_feedforward=int(hidden_scale * dim),
         context=context,
+        cross_attention=cross_attention,
         **shared,
     )
     depformer = None

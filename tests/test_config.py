@@ -46,14 +46,14 @@ def test_metadata_keys_are_accepted():
         ({"dim_feedforwad": 3}, "unexpected config key 'dim_feedforwad'"),
         ({"norm": "batch_norm"}, "unsupported norm 'batch_norm'"),
         ({"positional_embedding": "sin_rope"}, "unsupported positional_embedding"),
-        ({"conditioners": {"description": {}}}, "'conditioners'"),
-        ({"cross_attention": True}, "'cross_attention'"),
+        ({"conditioners": {"description": {}}}, "conditioner 'description' needs a type 'lut' or 'tensor'"),
+        ({"cross_attention": True}, "cross_attention must be true exactly when the fuser has 'cross'"),
         ({"delays": [0, 1]}, "delays has 2 entries"),
         ({"num_heads": 30}, "not divisible"),
         ({"dim": "4096"}, "config key 'dim' has type str"),
         ({"depformer_weights_per_step_schedule": [0, 1]}, "schedule has 2 entries"),
         # Accepted but never used would be silently wrong: refused until implemented.
-        ({"extra_heads_num_heads": 2}, "'extra_heads_num_heads'=2 is not supported"),
+        ({"demux_second_stream": True}, "'demux_second_stream'=True is not supported"),
         ({"conv_layout": True}, "'conv_layout'=True is not supported"),
     ],
 )

@@ -18,6 +18,7 @@ from ..config import LmConfig
 from ..modules.attention import Cache
 from ..modules.kv_cache import KVCache
 from ..modules.transformer import Transformer, make_norm
+from .conditioners import Condition, ConditionFuser, ConditionProvider
 from .loss import LossOutput, lm_loss
 
 
@@ -123,6 +124,48 @@ class Lm(nn.Module):
             self.depformer_emb = [ScaledEmbedding(cfg.card + 1, ddim, low_rank) for _ in range(cfg.dep_q - 1)]
             self.depformer = Transformer(dcfg)
             self.linears = [nn.Linear(ddim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.dep_q)]
+        if cfg.extra_heads_num_heads:  # e.g. STT's end-of-speech heads over the normed hidden state
+            self.extra_heads = [nn.Linear(dim, cfg.extra_heads_dim, bias=False) for _ in range(cfg.extra_heads_num_heads)]
+        if cfg.conditioners:
+            self.condition_provider = ConditionProvider(cfg.conditioners, dim)
+        self.fuser = None if cfg.fuser is None else ConditionFuser(cfg.fuser)
+
+    def set_dtype(self, dtype: mx.Dtype, predicate=None) -> None:
+        """As `nn.Module.set_dtype`, but the conditioners stay fp32 (as torch keeps them)."""
+        if predicate is None:
+            super().set_dtype(dtype)
+        else:
+            super().set_dtype(dtype, predicate)
+        if "condition_provider" in self:
+            self.condition_provider.set_dtype(mx.float32)
+
+    # ----------------------------------------------------------------------------------------------
+    # Conditioning and extra heads
+
+    def conditions(self, attributes: list[dict]) -> dict[str, Condition]:
+        """Condition tensors of a batch: one mapping per item, condition name -> value (see
+        `models/conditioners.py`); `null_attributes(attributes)` gives the CFG contrast."""
+        if "condition_provider" not in self:
+            raise InvalidArgument("this model takes no conditions")
+        return self.condition_provider(attributes)
+
+    def fuse(self, conditions: dict[str, Condition] | None) -> tuple[mx.array | None, mx.array | None]:
+        """(sum offset `[B, 1, dim]`, cross-attention source `[B, S, dim]`) of `conditions`, in the model's dtype."""
+        if self.fuser is None:
+            if conditions:
+                raise InvalidArgument("this model takes no conditions")
+            return None, None
+        if conditions is None:
+            raise InvalidArgument("this model is conditioned: pass its conditions (see Lm.conditions)")
+        dtype = self.out_norm.weight.dtype  # norms are never quantized
+        out = (self.fuser.get_sum(conditions), self.fuser.get_cross(conditions))
+        return tuple(None if x is None else x.astype(dtype) for x in out)  # type: ignore[return-value]
+
+    def extra_head_probs(self, hidden: mx.array) -> list[mx.array]:
+        """Softmax of each extra head over the normed hidden state `[B, T, dim]` (torch `step_with_extra_heads`)."""
+        if "extra_heads" not in self:
+            return []
+        return [mx.softmax(head(hidden).astype(mx.float32), axis=-1) for head in self.extra_heads]
 
     # ----------------------------------------------------------------------------------------------
     # Caches
@@ -153,16 +196,25 @@ class Lm(nn.Module):
         text = self.text_emb(tokens[:, 0])
         return text if x is None else x + text
 
-    def forward_text(self, tokens: mx.array, cache: list[Cache] | None = None) -> tuple[mx.array, mx.array]:
-        """Temporal pass over `[B, K, T]` tokens -> (normed hidden `[B, T, dim]`, text logits `[B, T, V]`)."""
-        h = self.out_norm(self.transformer(self.embed(tokens), cache))
+    def forward_text(
+        self, tokens: mx.array, cache: list[Cache] | None = None,
+        sum_condition: mx.array | None = None, cross: mx.array | None = None,
+    ) -> tuple[mx.array, mx.array]:
+        """Temporal pass over `[B, K, T]` tokens -> (normed hidden `[B, T, dim]`, text logits `[B, T, V]`);
+        `sum_condition`/`cross` as `fuse` returns them, for a conditioned model."""
+        x = self.embed(tokens)
+        if sum_condition is not None:
+            x = x + sum_condition.astype(x.dtype)
+        h = self.out_norm(self.transformer(x, cache) if cross is None else self.transformer(x, cache, cross))
         return h, self.text_linear(h)
 
-    def step(self, tokens: mx.array, cache: list[Cache]) -> tuple[mx.array, mx.array]:
+    def step(
+        self, tokens: mx.array, cache: list[Cache], sum_condition: mx.array | None = None, cross: mx.array | None = None
+    ) -> tuple[mx.array, mx.array]:
         """One streaming temporal step on `[B, K, 1]` tokens; same as `forward_text` with a cache."""
         if tokens.ndim != 3 or tokens.shape[1] != self.cfg.num_codebooks:
             raise InvalidArgument(f"step expects tokens [B, {self.cfg.num_codebooks}, T], got {tuple(tokens.shape)}")
-        return self.forward_text(tokens, cache)
+        return self.forward_text(tokens, cache, sum_condition, cross)
 
     # ----------------------------------------------------------------------------------------------
     # Depformer
@@ -194,8 +246,9 @@ class Lm(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Teacher-forced forward (training / scoring)
 
-    def __call__(self, codes: mx.array) -> LmOutput:
-        """Logits for undelayed `codes` `[B, K, T]`, aligned with them (torch `LMModel.forward`)."""
+    def __call__(self, codes: mx.array, conditions: dict[str, Condition] | None = None) -> LmOutput:
+        """Logits for undelayed `codes` `[B, K, T]`, aligned with them (torch `LMModel.forward`);
+        `conditions` (from `conditions()`) for a conditioned model."""
         cfg = self.cfg
         if codes.ndim != 3 or codes.shape[1] != cfg.num_codebooks:
             raise InvalidArgument(f"expected codes [B, {cfg.num_codebooks}, T], got {tuple(codes.shape)}")
@@ -203,7 +256,7 @@ class Lm(nn.Module):
         initial = self.initial_tokens(B)
         delayed = delay_sequence(cfg.delays, codes.astype(mx.int32), initial)
         delayed = mx.concatenate([initial, delayed], axis=2)
-        hidden, text_logits = self.forward_text(delayed[:, :, :-1])
+        hidden, text_logits = self.forward_text(delayed[:, :, :-1], None, *self.fuse(conditions))
         text_logits, text_mask = undelay_sequence(cfg.delays[:1], text_logits[:, None])
         text_mask = text_mask & (codes[:, :1] != cfg.zero_token_id)
         if cfg.dep_q == 0:

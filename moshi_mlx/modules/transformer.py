@@ -9,6 +9,7 @@ import mlx.nn as nn
 
 from ..config import TransformerConfig
 from .attention import Attention, Cache, apply_per_position
+from .cross_attention import add_cross_attention, apply_cross_attention
 from .kv_cache import KVCache, RingKVCache
 
 
@@ -117,6 +118,8 @@ class TransformerLayer(nn.Module):
         if cfg.layer_scale is not None:
             self.layer_scale_1 = LayerScale(d, cfg.layer_scale)
             self.layer_scale_2 = LayerScale(d, cfg.layer_scale)
+        if cfg.cross_attention:  # conditioned models: see modules/cross_attention.py
+            add_cross_attention(self, cfg)
         self._compiled = _CompiledSteps()
 
     def _ffn(self, x: mx.array, offset: int) -> mx.array:
@@ -127,11 +130,14 @@ class TransformerLayer(nn.Module):
             return self.gating(x)
         return apply_per_position(self.gating, x, offset, cfg)
 
-    def _residuals(self, x: mx.array, attn_update: mx.array, offset: int) -> mx.array:
-        """`x + ls1(attn_update)`, then `+ ls2(ffn(norm2(.)))` with the weight set(s) of `offset`."""
+    def _residuals(self, x: mx.array, attn_update: mx.array, offset: int, cross: mx.array | None = None) -> mx.array:
+        """`x + ls1(attn_update)`, [cross-attention to `cross`,] then `+ ls2(ffn(norm2(.)))` with the weight
+        set(s) of `offset`."""
         if self.cfg.layer_scale is not None:
             attn_update = self.layer_scale_1(attn_update)
         x = x.astype(attn_update.dtype) + attn_update
+        if self.cfg.cross_attention:
+            x = apply_cross_attention(self, x, cross)
         update = self._ffn(self.norm2(x), offset)
         if self.cfg.layer_scale is not None:
             update = self.layer_scale_2(update)
@@ -162,11 +168,11 @@ class TransformerLayer(nn.Module):
         k, v, mask = cache.update_and_fetch(k, v)
         return post(x, self.self_attn.attend(q, k, v, mask))
 
-    def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
-        if cache is not None and x.shape[1] == 1:
+    def __call__(self, x: mx.array, cache: Cache | None = None, cross: mx.array | None = None) -> mx.array:
+        if cache is not None and x.shape[1] == 1 and not self.cfg.cross_attention:
             return self._single_step(x, cache)
         offset = 0 if cache is None else cache.offset
-        return self._residuals(x, self.self_attn(self.norm1(x), cache), offset)
+        return self._residuals(x, self.self_attn(self.norm1(x), cache), offset, cross)
 
 def sin_embedding(offset: int, T: int, dim: int, max_period: float, dtype: mx.Dtype) -> mx.array:
     """Sinusoidal positional embedding `[1, T, dim]` (torch `create_sin_embedding`)."""
@@ -197,11 +203,12 @@ class Transformer(nn.Module):
             return [RingKVCache(cfg.context, cfg.causal, cfg.context) for _ in self.layers]
         return [KVCache(cfg.causal, cfg.context) for _ in self.layers]
 
-    def __call__(self, x: mx.array, cache: list[Cache] | None = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: list[Cache] | None = None, cross: mx.array | None = None) -> mx.array:
+        """`cross`: the cross-attention source `[B, S, D]`, for a config with `cross_attention`."""
         if self.cfg.positional_embedding == "sin":
             offset = 0 if cache is None else cache[0].offset
             x = x + sin_embedding(offset, x.shape[1], x.shape[-1], self.cfg.max_period, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache[i])
+            x = layer(x, None if cache is None else cache[i], cross)
         return x
 

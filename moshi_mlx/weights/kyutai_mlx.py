@@ -51,6 +51,13 @@ def module_table(cfg: LmConfig) -> dict[str, str]:
             table[f"{src}.norm2"] = f"{ours}.norm2"
             table[f"{src}.gating.linear_in"] = f"{ours}.{gating}.linear_in"
             table[f"{src}.gating.linear_out"] = f"{ours}.{gating}.linear_out"
+    # Conditioners and extra heads keep torch's names in Kyutai's MLX files too.
+    for i in range(cfg.extra_heads_num_heads):
+        table[f"extra_heads.{i}"] = f"extra_heads.{i}"
+    for name, spec in (cfg.conditioners or {}).items():
+        p = f"condition_provider.conditioners.{name}"
+        for module in (p, f"{p}.output_proj") + ((f"{p}.embed",) if spec.get("type") == "lut" else ()):
+            table[module] = module
     return table
 
 

@@ -5,7 +5,8 @@ Two spellings exist for attention projections:
   depformer's per-step matrices stacked along dim 0;
 - a `state_dict()` of a live torch moshi 0.2.13 model: `self_attn.in_projs.{i}.weight` /
   `self_attn.out_projs.{i}.weight`.
-Both become our `in_projs.{i}` / `out_projs.{i}`. RMSNorm `alpha [1, 1, d]` becomes `weight [d]`.
+Both become our `in_projs.{i}` / `out_projs.{i}` (cross-attention `cross_attention.*` alike). Conditioners
+(`condition_provider.*`) and `extra_heads.*` keep their names. RMSNorm `alpha [1, 1, d]` becomes `weight [d]`.
 Every other key keeps its name (our modules mirror torch's).
 """
 
@@ -21,8 +22,8 @@ from ..config import LmConfig, TransformerConfig
 from ..models.lm import Lm
 from .common import WeightsError, read_safetensors, strict_load
 
-_STACKED = re.compile(r"^(?P<prefix>.*\.self_attn\.)(?P<kind>in|out)_proj(?:_weight|\.weight)$")
-_UNSUPPORTED = re.compile(r"(_scb$|\.lora_[AB]\.|^condition_provider\.|^fuser\.)")
+_STACKED = re.compile(r"^(?P<prefix>.*\.(?:self_attn|cross_attention)\.)(?P<kind>in|out)_proj(?:_weight|\.weight)$")
+_UNSUPPORTED = re.compile(r"(_scb$|\.lora_[AB]\.)")
 
 
 def _transformer_cfg(cfg: LmConfig, key: str) -> TransformerConfig | None:
@@ -54,8 +55,10 @@ def convert_kyutai_torch(
         if _UNSUPPORTED.search(src):
             raise WeightsError(
                 f"{source}: key {src!r} belongs to a feature moshi_mlx does not load yet "
-                "(bitsandbytes int8, unfused LoRA or conditioners)"
+                "(bitsandbytes int8 or unfused LoRA)"
             )
+        if cfg.dep_q == 0 and src.startswith("depformer_in."):
+            continue  # torch builds one depformer input projection even without a depformer (STT); unused
         m = _STACKED.match(src)
         if m is not None:
             tcfg = _transformer_cfg(cfg, src)
