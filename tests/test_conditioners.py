@@ -213,3 +213,30 @@ def test_conditions_change_the_output_and_steps_equal_the_forward(member):
     cache = lm.make_cache()
     steps = [lm.step(tokens[:, :, t : t + 1], cache, *fused)[1] for t in range(6)]
     assert np.abs(np.array(mx.concatenate(steps, axis=1)) - np.array(full)).max() <= 1e-4
+
+
+def test_conditioned_weights_survive_our_format_and_kyutai_mlx_names(member, tmp_path):
+    """`save_lm` keeps conditioners, cross-attention and extra heads (conditioners stay fp32 in a bf16
+    model, as torch keeps them); Kyutai's MLX spelling (same names for those parts) loads too."""
+    from mlx.utils import tree_flatten
+
+    from moshi_mlx.weights.kyutai_mlx import module_table
+    from moshi_mlx.weights.load import build_lm
+    from moshi_mlx.weights.save import save_lm
+
+    name, _, lm = member
+    ours = dict(tree_flatten(lm.parameters()))
+    back = load_lm(save_lm(lm, tmp_path / "saved"), dtype=mx.float32)
+    assert all(mx.array_equal(v, dict(tree_flatten(back.parameters()))[k]).item() for k, v in ours.items())
+    half = load_lm(tmp_path / "saved", dtype=mx.bfloat16)
+    for key, value in tree_flatten(half.parameters()):
+        assert value.dtype == (mx.float32 if key.startswith("condition_provider.") else mx.bfloat16), key
+    if lm.cfg.transformer.cross_attention:
+        return  # Kyutai's MLX package has no cross-attention LM files
+    kyutai = {}
+    for theirs, module in module_table(lm.cfg).items():
+        for key, value in ours.items():
+            if key.rpartition(".")[0] == module:
+                kyutai[f"{theirs}.{key.rpartition('.')[2]}"] = value
+    loaded = dict(tree_flatten(build_lm(kyutai, lm.cfg, "kyutai-mlx", mx.float32).parameters()))
+    assert loaded.keys() == ours.keys() and all(mx.array_equal(loaded[k], ours[k]).item() for k in ours)
