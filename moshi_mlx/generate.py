@@ -12,19 +12,29 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import os
+from dataclasses import replace
+
 import mlx.core as mx
 import numpy as np
 
 from .errors import InvalidArgument
+from .models.frame import FrameSpec, kv_dtype, moshi_frame, supports_compiled_frame, transposed_linear
 from .models.lm import Lm
+from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
+
+COMPILE_ENV = "MOSHI_MLX_COMPILE"  # "0": run the frame op by op (debugging)
 
 
 class LmGen:
-    """Streaming generator over an `Lm`; holds its own KV caches and token ring.
+    """Streaming generator over an `Lm`; holds its own KV buffers, token ring and random key.
 
-    Memory is bounded when the model config has a `context` (ring KV cache), so a
-    conversation can run for any number of steps.
+    Each step runs one frame as a single compiled graph (`models.frame.moshi_frame`); with
+    `compiled=False` (or env `MOSHI_MLX_COMPILE=0`) the same function runs op by op, for debugging.
+    Memory is bounded when the model config has a `context` (ring of `context` positions), so a
+    conversation can run for any number of steps. The weights are read when the frame graph is
+    built, at the first step after `reset()`: call `reset()` after changing them.
     """
 
     def __init__(
@@ -35,6 +45,7 @@ class LmGen:
         batch_size: int = 1,
         seed: int | None = None,
         key: mx.array | None = None,
+        compiled: bool | None = None,
     ):
         cfg = lm.cfg
         if batch_size < 1:
@@ -45,27 +56,49 @@ class LmGen:
         self.batch_size = batch_size
         self.num_user_codebooks = cfg.n_q - cfg.dep_q
         self._seed_key = key if key is not None else (mx.random.key(seed) if seed is not None else None)
+        if compiled is None:
+            compiled = os.environ.get(COMPILE_ENV, "1") != "0"
+        unsupported = supports_compiled_frame(lm)
+        if unsupported is not None:
+            raise InvalidArgument(f"LmGen cannot stream this model: {unsupported}")
+        self.compiled = compiled
         # Ring of max_delay + 2 token columns (torch `_LMGenState.cache`): enough for writes
         # up to max_delay steps ahead of the read position and reads max_delay behind.
-        self._ring = cfg.max_delay + 2
-        self._initial = np.array([cfg.text_initial_token_id] + [cfg.initial_token_id] * cfg.n_q, dtype=np.int32)
+        self._spec = FrameSpec(lm, self.text_sampler, self.audio_sampler, cfg.max_delay + 2)
+        tcfg = cfg.transformer
+        self._capacity = tcfg.context  # a ring of `context` positions; None: grows with the stream
+        self._kv_shape = (batch_size, tcfg.num_kv_heads, 0, tcfg.head_dim)
+        self._no_force = mx.full((batch_size, 1 + cfg.dep_q), cfg.ungenerated_token_id, dtype=mx.int32)
         self.reset()
 
     def reset(self) -> None:
-        """Starts a new conversation: fresh KV caches, token ring and random key; weights kept."""
+        """Starts a new conversation: empty KV buffers, token ring and a fresh random key; the frame
+        graph is rebuilt (so it reads the current weights)."""
         cfg = self.lm.cfg
-        self.cache = self.lm.make_cache()
-        self.dcache = self.lm.make_depformer_cache() if cfg.dep_q > 0 else []
-        self.tokens = mx.full((self.batch_size, cfg.num_codebooks, self._ring), cfg.ungenerated_token_id, mx.int32)
+        self.tokens = mx.full(
+            (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
+        )
+        dtype = kv_dtype(self.lm)
+        self.kv = [mx.zeros(self._kv_shape, dtype=dtype) for _ in range(2 * len(self.lm.transformer.layers))]
         self.offset = 0
-        self.key = self._seed_key
+        if self._seed_key is not None:
+            self.key = self._seed_key
+        else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
+            self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
+        spec = self._spec = replace(self._spec, linear=transposed_linear(self.lm))
 
-    def _split_key(self, n: int) -> list[mx.array | None]:
-        if self.key is None:
-            return [None] * n
-        keys = mx.random.split(self.key, n + 1)
-        self.key = keys[0]
-        return [keys[i + 1] for i in range(n)]
+        def masked(tokens, kv, key, step, slot, filled, user, forced):
+            return moshi_frame(spec, tokens, kv, key, step, slot, filled, user, forced)
+
+        def full(tokens, kv, key, step, slot, user, forced):
+            return moshi_frame(spec, tokens, kv, key, step, slot, None, user, forced)
+
+        self._frames = (mx.compile(masked), mx.compile(full)) if self.compiled else (masked, full)
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes held by the temporal KV buffers."""
+        return sum(a.nbytes for a in self.kv)
 
     def _user_tokens(self, user_codes: mx.array | np.ndarray) -> mx.array:
         codes = mx.array(user_codes).astype(mx.int32) if not isinstance(user_codes, mx.array) else user_codes
@@ -75,6 +108,20 @@ class LmGen:
         if codes.ndim != 2 or codes.shape[0] != B or codes.shape[1] < n:
             raise InvalidArgument(f"user codes must be [{B}, >={n}] or [{B}, >={n}, 1], got {tuple(codes.shape)}")
         return codes[:, :n].astype(mx.int32)
+
+    def _buffers_for(self, step: int) -> tuple[int, int | None]:
+        """Grows the KV buffers to hold step `step` (at a bucket size); returns its slot and the
+        number of slots filled after it (None when every slot holds a key)."""
+        cap = self._capacity
+        size = self.kv[0].shape[2]
+        if cap is None or step < cap:
+            needed = bucket_size(step + 1, cap)
+            if needed > size:
+                self.kv = [grow_buffer(a, needed) for a in self.kv]
+                size = needed
+        slot = step if cap is None else step % cap
+        filled = step + 1 if cap is None else min(step + 1, cap)
+        return slot, (None if filled == size else filled)
 
     def step(self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None) -> mx.array | None:
         """Runs one 80 ms frame.
@@ -91,51 +138,21 @@ class LmGen:
             ``step - max_delay``, or None during the first ``max_delay`` steps. Evaluation is
             scheduled (``mx.async_eval``); reading the result waits for it.
         """
-        lm, cfg = self.lm, self.lm.cfg
         user = self._user_tokens(user_codes)
-        o, CT, dq = self.offset, self._ring, cfg.dep_q
-        delays = cfg.delays
-
-        # User codebook j (stream 1 + dep_q + j) is written `delay` columns ahead.
-        for j in range(self.num_user_codebooks):
-            k = 1 + dq + j
-            self.tokens[:, k, (o + delays[k]) % CT] = user[:, j]
-        column = self.tokens[:, :, o % CT]  # (B, K)
-        is_init = mx.array(np.array([o <= d for d in delays]))
-        inputs = mx.where(is_init[None, :], mx.array(self._initial)[None, :], column)
-
-        keys = self._split_key(1 + dq)
-        hidden, text_logits = lm.step(inputs[:, :, None], self.cache)
-        text = self.text_sampler(text_logits[:, 0].astype(mx.float32), keys[0])
-        forced = None if force_tokens is None else mx.array(force_tokens).astype(mx.int32)
-        if forced is not None:
-            text = mx.where(forced[:, 0] != cfg.ungenerated_token_id, forced[:, 0], text)
-        generated = [text]
-        # Start computing the temporal transformer now, so that it runs while Python builds
-        # the depformer's graph (no sync: nothing is read back here).
-        mx.async_eval(text, hidden)
-        if dq > 0:
-            for c in self.dcache:
-                c.reset()
-            prev = text
-            for k in range(dq):
-                logits = lm.depformer_step(k, prev, hidden, self.dcache)
-                tok = self.audio_sampler(logits.astype(mx.float32), keys[1 + k])
-                if forced is not None:
-                    tok = mx.where(forced[:, 1 + k] != cfg.ungenerated_token_id, forced[:, 1 + k], tok)
-                generated.append(tok)
-                prev = tok
-
-        self.offset = o = o + 1
-        self.tokens[:, : 1 + dq, o % CT] = mx.stack(generated, axis=1)
-        if o <= cfg.max_delay:
-            mx.async_eval(self.tokens)
-            return None
-        # Column c of generated stream k holds its frame c - 1 - delay_k: read frame o - 1 - max_delay.
-        cols = [self.tokens[:, k, (o - cfg.max_delay + delays[k]) % CT] for k in range(1 + dq)]
-        out = mx.stack(cols, axis=1)
-        mx.async_eval(self.tokens, out)
-        return out
+        forced = self._no_force if force_tokens is None else mx.array(force_tokens).astype(mx.int32)
+        o = self.offset
+        slot, filled = self._buffers_for(o)
+        masked, full = self._frames
+        step, slot_arr = mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)
+        if filled is None:
+            tokens, kv, key, out = full(self.tokens, self.kv, self.key, step, slot_arr, user, forced)
+        else:
+            filled_arr = mx.array(filled, dtype=mx.int32)
+            tokens, kv, key, out = masked(self.tokens, self.kv, self.key, step, slot_arr, filled_arr, user, forced)
+        self.tokens, self.kv, self.key = tokens, kv, key
+        self.offset = o + 1
+        mx.async_eval(out, tokens, key, *kv)
+        return None if self.offset <= self.lm.cfg.max_delay else out
 
 
 # Text-only generation with the LM's text stream (Helium, or Moshi with silent audio streams).

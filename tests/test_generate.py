@@ -70,7 +70,7 @@ def test_reset_restarts_the_conversation(tmp_path):
 
     first = run()
     gen.reset()
-    assert gen.offset == 0 and all(c.offset == 0 for c in gen.cache)
+    assert gen.offset == 0 and gen.kv_nbytes == 0
     assert np.array_equal(run(), first)
 
 

@@ -39,12 +39,12 @@ def run_long(steps: int) -> dict[str, float]:
             seen[np.array(out)[0, 1:]] = True  # reading the tokens is the per-step sync point
         if t + 1 == warmup:
             mx.clear_cache()
-            stats["cache_bytes_start"] = sum(c.nbytes for c in gen.cache)
+            stats["cache_bytes_start"] = gen.kv_nbytes
             stats["active_start"] = mx.get_active_memory()
     mx.clear_cache()
-    stats["cache_bytes_end"] = sum(c.nbytes for c in gen.cache)
+    stats["cache_bytes_end"] = gen.kv_nbytes
     stats["active_end"] = mx.get_active_memory()
-    stats["offset"] = gen.cache[0].offset
+    stats["offset"] = gen.offset
     stats["seconds"] = time.perf_counter() - start
     stats["distinct_codes"] = int(seen.sum())
     return stats

@@ -51,7 +51,10 @@ class Attention(nn.Module):
         """Projected `[B, T, D + 2 Dkv]` -> q, k, v `[B, H, T, Dh]`, RoPE applied."""
         B, T, _ = qkv.shape
         H, Hk, Dh = self._heads, self._kv_heads, self._head_dim
-        if H == Hk:
+        if T == 1:  # one position: [B, 1, H * Dh] is already [B, H, 1, Dh] in memory (fewest graph nodes)
+            q, k, v = mx.split(qkv, [H * Dh, (H + Hk) * Dh], axis=-1)
+            q, k, v = q.reshape(B, H, 1, Dh), k.reshape(B, Hk, 1, Dh), v.reshape(B, Hk, 1, Dh)
+        elif H == Hk:
             q, k, v = qkv.reshape(B, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)
         else:
             q = qkv[..., : H * Dh].reshape(B, T, H, Dh).transpose(0, 2, 1, 3)
@@ -70,6 +73,10 @@ class Attention(nn.Module):
         B, _, T, _ = q.shape
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return y.transpose(0, 2, 1, 3).reshape(B, T, -1)
+
+    def attend_one(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+        """Attention output of one query position, `[B, H, 1, Dh]` (reshapes to `[B, D]` for free)."""
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
 
     def __call__(self, x: mx.array, cache: Cache | None = None) -> mx.array:
         cfg = self.cfg

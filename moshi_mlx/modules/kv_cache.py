@@ -176,3 +176,33 @@ class RingKVCache:
     @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+# Fixed-shape key/value buffers for the compiled frame: the buffer shape changes only at a few
+# bucket sizes (so a handful of graphs serve a whole stream), the write slot and the number of
+# filled slots are array inputs.
+
+FIRST_BUCKET = 128
+
+
+def bucket_size(needed: int, capacity: int | None, first: int = FIRST_BUCKET) -> int:
+    """Buffer length holding `needed` positions: `first` doubled as often as needed, at most
+    `capacity` (a ring's size; None for a buffer that may grow without bound)."""
+    size = first
+    while size < needed:
+        size *= 2
+    return size if capacity is None else min(size, capacity)
+
+
+def grow_buffer(buf: mx.array, size: int) -> mx.array:
+    """`buf` `[B, H, S, D]` zero-padded along the positions axis to `size` slots (kept slots unchanged)."""
+    extra = size - buf.shape[2]
+    if extra <= 0:
+        return buf
+    B, H, _, D = buf.shape
+    return mx.concatenate([buf, mx.zeros((B, H, extra, D), dtype=buf.dtype)], axis=2)
+
+
+def filled_mask(filled: mx.array, size: int) -> mx.array:
+    """`[1, size]` boolean mask of the slots written so far (slots `< filled`)."""
+    return (mx.arange(size) < filled)[None, :]

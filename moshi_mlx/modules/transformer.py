@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import TransformerConfig
-from .attention import Attention, Cache, apply_per_position
+from .attention import Attention, Cache, apply_per_position, apply_rope
 from .cross_attention import add_cross_attention, apply_cross_attention
 from .kv_cache import KVCache, RingKVCache
+
+
+Linear = Callable[[nn.Module, mx.array], mx.array]  # applies a Linear-like module to an input
+
+
+def call(module: nn.Module, x: mx.array) -> mx.array:
+    """`module(x)`: the default way the single-position steps apply their Linear layers."""
+    return module(x)
 
 
 class RMSNorm(nn.Module):
@@ -85,9 +94,8 @@ class ActivationGating(nn.Module):
         self.activation = activation
 
     def __call__(self, x: mx.array) -> mx.array:
-        B, T, _ = x.shape
-        h = self.linear_in(x).reshape(B, T, 2, -1)
-        return self.linear_out(_ACTIVATIONS[self.activation](h[:, :, 0]) * h[:, :, 1])
+        gate, value = mx.split(self.linear_in(x), 2, axis=-1)
+        return self.linear_out(_ACTIVATIONS[self.activation](gate) * value)
 
 
 class _CompiledSteps:
@@ -168,17 +176,77 @@ class TransformerLayer(nn.Module):
         k, v, mask = cache.update_and_fetch(k, v)
         return post(x, self.self_attn.attend(q, k, v, mask))
 
+    # One position as `[B, D]` (the compiled frame): the fewest graph nodes, Linear layers applied
+    # through `linear(module, x)` (e.g. with pre-transposed weights).
+
+    def _project_one(self, x: mx.array, pos: int | mx.array, w: int, linear: Linear) -> tuple[mx.array, ...]:
+        attn = self.self_attn
+        B, H, Hk, Dh = x.shape[0], attn._heads, attn._kv_heads, attn._head_dim
+        q, k, v = mx.split(linear(attn.in_projs[w], self.norm1(x)), [H * Dh, (H + Hk) * Dh], axis=-1)
+        q, k, v = q.reshape(B, H, 1, Dh), k.reshape(B, Hk, 1, Dh), v.reshape(B, Hk, 1, Dh)
+        if attn._rope:
+            q = apply_rope(q, pos, self.cfg.max_period)
+            k = apply_rope(k, pos, self.cfg.max_period)
+        return q, k, v
+
+    def _finish_one(self, x: mx.array, y: mx.array, w: int, linear: Linear) -> mx.array:
+        """`x` `[B, D]` plus the attention output `y` `[B, H, 1, Dh]`, then the feed-forward block."""
+        cfg = self.cfg
+        update = linear(self.self_attn.out_projs[w], y.reshape(x.shape[0], -1))
+        if cfg.layer_scale is not None:
+            update = self.layer_scale_1(update)
+        x = x.astype(update.dtype) + update
+        h = self.norm2(x)
+        if cfg.gating == "none":
+            update = linear(self.linear2, nn.gelu(linear(self.linear1, h)))
+        else:
+            gating = self.gating[w] if cfg.weights_per_step else self.gating
+            gate, value = mx.split(linear(gating.linear_in, h), 2, axis=-1)
+            update = linear(gating.linear_out, _ACTIVATIONS[gating.activation](gate) * value)
+        if cfg.layer_scale is not None:
+            update = self.layer_scale_2(update)
+        return x.astype(update.dtype) + update
+
+    def step_into(
+        self, x: mx.array, keys: mx.array, values: mx.array, pos: mx.array, slot: mx.array,
+        mask: mx.array | None, linear: Linear = call,
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """One position `pos` (array) of `x` `[B, D]` whose key/value go to slot `slot` (array) of the
+        fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` `[1, S]`
+        allows (None: every slot). Returns (output, keys, values); a pure function of its inputs."""
+        q, k, v = self._project_one(x, pos, 0, linear)
+        keys = mx.slice_update(keys, k.astype(keys.dtype), slot, axes=(2,))
+        values = mx.slice_update(values, v.astype(values.dtype), slot, axes=(2,))
+        return self._finish_one(x, self.self_attn.attend_one(q, keys, values, mask), 0, linear), keys, values
+
+    def step_in_frame(
+        self, x: mx.array, keys: list[mx.array], values: list[mx.array], index: int, linear: Linear = call
+    ) -> mx.array:
+        """Position `index` (`x` `[B, D]`) of a short stream that lives within one frame (the
+        depformer's codebooks): appends its key/value to `keys`/`values` (positions `0..index-1`
+        before the call), attends to the last `context` of them, with the weight set of `index`."""
+        w = self.cfg.step_weight_index(index)
+        q, k, v = self._project_one(x, index, w, linear)
+        keys.append(k)
+        values.append(v)
+        window = len(keys) if self.cfg.context is None else min(len(keys), self.cfg.context)
+        ks = keys[-1] if window == 1 else mx.concatenate(keys[-window:], axis=2)
+        vs = values[-1] if window == 1 else mx.concatenate(values[-window:], axis=2)
+        return self._finish_one(x, self.self_attn.attend_one(q, ks, vs, None), w, linear)
+
     def __call__(self, x: mx.array, cache: Cache | None = None, cross: mx.array | None = None) -> mx.array:
         if cache is not None and x.shape[1] == 1 and not self.cfg.cross_attention:
             return self._single_step(x, cache)
         offset = 0 if cache is None else cache.offset
         return self._residuals(x, self.self_attn(self.norm1(x), cache), offset, cross)
 
-def sin_embedding(offset: int, T: int, dim: int, max_period: float, dtype: mx.Dtype) -> mx.array:
-    """Sinusoidal positional embedding `[1, T, dim]` (torch `create_sin_embedding`)."""
+
+def sin_embedding(offset: int | mx.array, T: int, dim: int, max_period: float, dtype: mx.Dtype) -> mx.array:
+    """Sinusoidal positional embedding `[1, T, dim]` of positions `offset..offset+T-1` (torch
+    `create_sin_embedding`); `offset` may be an array (the compiled frame)."""
     half = dim // 2
     # torch computes this in the activations' dtype; so do we.
-    positions = mx.arange(offset, offset + T).astype(dtype)[:, None]
+    positions = (offset + mx.arange(T)).astype(dtype)[:, None]
     adim = mx.arange(half).astype(dtype)[None, :]
     phase = positions / (mx.array(max_period, dtype=dtype) ** (adim / (half - 1)))
     return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)[None]

@@ -1,0 +1,163 @@
+"""One streaming frame of Moshi as a pure function, so that `mx.compile` turns it into one graph.
+
+`moshi_frame(...)` runs what `LmGen.step` does for one 80 ms frame — token-ring bookkeeping,
+temporal transformer, text sampler, the depformer's codebook steps and the audio sampler — on
+explicit state: the token ring, the temporal KV buffers (fixed shape, written at an array slot),
+the random key and the frame index (an array). Step 3 and step 30,000 therefore run the same
+graph; only the KV buffer length changes, at a few bucket sizes (see `modules.kv_cache`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..modules.transformer import Linear, call, sin_embedding
+from .lm import Lm
+
+Sampler = Callable[..., mx.array]
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """What the frame function needs besides its array inputs (fixed until `LmGen.reset`)."""
+
+    lm: Lm
+    text_sampler: Sampler
+    audio_sampler: Sampler
+    ring: int  # columns of the token ring (max_delay + 2)
+    linear: Linear = call  # how Linear layers are applied (see `transposed_linear`)
+
+
+def transposed_linear(lm: Lm) -> Linear:
+    """Applies plain bias-free `nn.Linear` layers with their weights' transposed views taken once
+    (no transpose node per call and frame); any other module (quantized, LoRA, with bias) is called.
+    The views share the weights' memory and see the weights as they are now."""
+    views = {id(m): m.weight.T for _, m in lm.named_modules() if type(m) is nn.Linear and "bias" not in m}
+    mx.eval(list(views.values()))
+
+    def apply(module: nn.Module, x: mx.array) -> mx.array:
+        wt = views.get(id(module))
+        return module(x) if wt is None else x @ wt
+
+    return apply
+
+
+def supports_compiled_frame(lm: Lm) -> str | None:
+    """None when `moshi_frame` handles this model's temporal transformer, else the reason it does not."""
+    tcfg = lm.cfg.transformer
+    if tcfg.weights_per_step:
+        return "the temporal transformer has per-step weights"
+    if tcfg.positional_embedding not in ("rope", "sin", "none"):
+        return f"positional embedding {tcfg.positional_embedding!r}"
+    if not tcfg.causal:
+        return "the temporal transformer is not causal"
+    return None
+
+
+def kv_dtype(lm: Lm) -> mx.Dtype:
+    """Dtype of the temporal keys/values (read off a lazy graph that is never evaluated)."""
+    layer = lm.transformer.layers[0]
+    x = lm.embed(lm.initial_tokens(1))
+    _, k, _ = layer.self_attn.project(layer.norm1(x), 0, 0)
+    return k.dtype
+
+
+def _ring_write(tokens: mx.array, values: mx.array, columns: mx.array, streams: mx.array) -> mx.array:
+    """`tokens` `[B, K, CT]` with `values[:, k]` written at column `columns[k]` for the streams where
+    `streams[k]` is True."""
+    hit = (mx.arange(tokens.shape[2])[None, :] == columns[:, None]) & streams[:, None]
+    return mx.where(hit[None], values[:, :, None], tokens)
+
+
+def _ring_read(tokens: mx.array, columns: mx.array) -> mx.array:
+    """`[B, K]`: column `columns[k]` of stream k."""
+    return mx.take_along_axis(tokens, columns[None, :, None], axis=2)[:, :, 0]
+
+
+def moshi_frame(
+    spec: FrameSpec,
+    tokens: mx.array,
+    kv: list[mx.array],
+    key: mx.array,
+    step: mx.array,
+    slot: mx.array,
+    filled: mx.array | None,
+    user: mx.array,
+    forced: mx.array,
+) -> tuple[mx.array, list[mx.array], mx.array, mx.array]:
+    """Runs frame `step` (int32 scalar array).
+
+    Args:
+        spec: Model, samplers and ring size.
+        tokens: Token ring `[B, K, CT]`; column `p % CT` of stream k holds its token for step p.
+        kv: Temporal keys and values, `[keys_0, values_0, keys_1, ...]`, each `[B, Hkv, S, Dh]`.
+        key: Random key; split into one key per sampler call, the first part is carried on.
+        step: Index of this frame (drives the ring, the initial tokens and RoPE).
+        slot: Buffer slot the keys/values of this step are written to.
+        filled: Slots written after this step's write (masks the unwritten ones); None when
+            every slot holds a key (a full ring).
+        user: The user's codebooks `[B, n_q - dep_q]`.
+        forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`.
+
+    Returns:
+        (tokens, kv, key, out): the updated state and `[B, 1 + dep_q]` tokens of frame
+        `step - max_delay` (meaningful once `step >= max_delay`).
+    """
+    lm, cfg = spec.lm, spec.lm.cfg
+    dq, K, CT = cfg.dep_q, cfg.num_codebooks, spec.ring
+    delays = mx.array(cfg.delays, dtype=mx.int32)
+    generated = mx.arange(K) <= dq  # streams Moshi generates: text and its audio codebooks
+    B = tokens.shape[0]
+
+    # The user's codebook j is written `delay` columns ahead; this step reads column `step`.
+    user_all = mx.concatenate([mx.zeros((B, 1 + dq), dtype=mx.int32), user], axis=1)
+    tokens = _ring_write(tokens, user_all, (step + delays) % CT, ~generated)
+    column = _ring_read(tokens, mx.broadcast_to(step % CT, (K,)))
+    initial = mx.array([cfg.text_initial_token_id] + [cfg.initial_token_id] * cfg.n_q, dtype=mx.int32)
+    inputs = mx.where((step <= delays)[None, :], initial[None, :], column)
+
+    keys = mx.random.split(key, 2 + dq)
+    key = keys[0]
+
+    # Temporal transformer, one position, as [B, D].
+    tcfg, lin = cfg.transformer, spec.linear
+    x = lm.embed(inputs)
+    if tcfg.positional_embedding == "sin":
+        x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
+    mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
+    new_kv = []
+    for i, layer in enumerate(lm.transformer.layers):
+        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin)
+        new_kv += [k_buf, v_buf]
+    hidden = lm.out_norm(x)
+    text_logits = lin(lm.text_linear, hidden)
+
+    ungen = cfg.ungenerated_token_id
+    text = spec.text_sampler(text_logits.astype(mx.float32), keys[1])
+    text = mx.where(forced[:, 0] != ungen, forced[:, 0], text)
+    out_tokens = [text]
+
+    # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
+    prev = text
+    dkeys: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
+    dvalues: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
+    for k in range(dq):
+        y = lin(lm.depformer_in[cfg.depformer_in_index(k)], hidden) + lm._depformer_token_emb(k, prev)
+        for j, layer in enumerate(lm.depformer.layers):
+            y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, lin)
+        tok = spec.audio_sampler(lin(lm.linears[k], y).astype(mx.float32), keys[2 + k])
+        tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
+        out_tokens.append(tok)
+        prev = tok
+
+    # Generated tokens are fed back at the next step; the output is frame step - max_delay.
+    nxt = step + 1
+    new = mx.concatenate([mx.stack(out_tokens, axis=1), mx.zeros((B, K - 1 - dq), dtype=mx.int32)], axis=1)
+    tokens = _ring_write(tokens, new, mx.broadcast_to(nxt % CT, (K,)), generated)
+    read = (nxt - cfg.max_delay + delays[: 1 + dq]) % CT
+    out = _ring_read(tokens[:, : 1 + dq], read)
+    return tokens, new_kv, key, out

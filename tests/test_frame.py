@@ -1,0 +1,151 @@
+"""The compiled frame (`models.frame`, `LmGen`) is exact: equal to the same function run op by op
+and to an independent op-by-op loop over `Lm.step`/`Lm.depformer_step` with cache objects, through
+KV-buffer growth, ring wrap-around, sampling with keys, forced tokens and batch 2."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from moshi_mlx.config import LmConfig
+from moshi_mlx.generate import LmGen
+from moshi_mlx.models.lm import Lm
+from moshi_mlx.modules.kv_cache import bucket_size
+from moshi_mlx.sampling import make_sampler
+
+# Moshi's stream layout in miniature; the context (300) exceeds the first buffer bucket (128), so a
+# run passes 128 -> 256 -> 300 slots, then wraps the ring.
+CONFIG = dict(
+    dim=32, text_card=64, n_q=4, dep_q=2, card=32, num_heads=2, num_layers=2, hidden_scale=4.125,
+    context=300, gating="silu", norm="rms_norm_f32", positional_embedding="rope",
+    depformer_dim=16, depformer_dim_feedforward=48, depformer_num_heads=1, depformer_num_layers=2,
+    depformer_multi_linear=True, depformer_weights_per_step=True, depformer_pos_emb="none",
+    delays=[0, 0, 1, 0, 1],
+)
+STEPS = 700
+
+
+def model(**overrides) -> Lm:
+    mx.random.seed(0)
+    lm = Lm(LmConfig.from_kyutai_json({**CONFIG, **overrides}))
+    mx.eval(lm.parameters())
+    return lm
+
+
+def user_codes(batch: int, steps: int = STEPS) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, CONFIG["card"], size=(batch, 2, steps)).astype(np.int32)
+
+
+def forced_at(t: int, batch: int, dq: int) -> mx.array | None:
+    """Every 7th step forces the text token (and codebook 1 of row 0): teacher forcing mid-stream."""
+    if t % 7:
+        return None
+    f = np.full((batch, 1 + dq), -2, dtype=np.int32)
+    f[:, 0] = t % 60
+    f[0, 2] = t % 30
+    return mx.array(f)
+
+
+def run_gen(gen: LmGen, user: np.ndarray) -> np.ndarray:
+    outs = []
+    for t in range(user.shape[2]):
+        out = gen.step(mx.array(user[:, :, t]), forced_at(t, user.shape[0], gen.lm.cfg.dep_q))
+        if out is not None:
+            outs.append(np.array(out))
+    return np.stack(outs)
+
+
+def run_reference(lm: Lm, user: np.ndarray, temp: float, seed: int) -> np.ndarray:
+    """Op by op over cache objects (`Lm.step`, `Lm.depformer_step`): the same semantics as torch
+    `LMGen` (which `test_generate.py` checks greedily), with the same key splits as `LmGen`."""
+    cfg = lm.cfg
+    B, dq, CT = user.shape[0], cfg.dep_q, cfg.max_delay + 2
+    sample = make_sampler(temp, top_k=20, compile=False)
+    cache, dcache = lm.make_cache(), lm.make_depformer_cache()
+    ring = np.full((B, cfg.num_codebooks, CT), -2, dtype=np.int32)
+    initial = np.array([cfg.text_initial_token_id] + [cfg.initial_token_id] * cfg.n_q, dtype=np.int32)
+    key = mx.random.key(seed)
+    outs = []
+    for o in range(user.shape[2]):
+        for j in range(cfg.n_q - dq):
+            ring[:, 1 + dq + j, (o + cfg.delays[1 + dq + j]) % CT] = user[:, j, o]
+        inputs = np.where(np.array([o <= d for d in cfg.delays])[None], initial[None], ring[:, :, o % CT])
+        keys = mx.random.split(key, 2 + dq)
+        key = keys[0]
+        hidden, logits = lm.step(mx.array(inputs)[:, :, None], cache)
+        forced = forced_at(o, B, dq)
+        tok = sample(logits[:, 0].astype(mx.float32), keys[1])
+        if forced is not None:
+            tok = mx.where(forced[:, 0] != -2, forced[:, 0], tok)
+        new = [tok]
+        for c in dcache:
+            c.reset()
+        for k in range(dq):
+            tok = sample(lm.depformer_step(k, tok, hidden, dcache).astype(mx.float32), keys[2 + k])
+            if forced is not None:
+                tok = mx.where(forced[:, 1 + k] != -2, forced[:, 1 + k], tok)
+            new.append(tok)
+        ring[:, : 1 + dq, (o + 1) % CT] = np.stack([np.array(t) for t in new], axis=1)
+        if o + 1 > cfg.max_delay:
+            outs.append(np.stack([ring[:, k, (o + 1 - cfg.max_delay + cfg.delays[k]) % CT] for k in range(1 + dq)], 1))
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch):
+    lm = model()
+    user = user_codes(batch)
+    sampled = dict(text_sampler=make_sampler(1.0, top_k=20), audio_sampler=make_sampler(1.0, top_k=20))
+    compiled = run_gen(LmGen(lm, batch_size=batch, seed=3, compiled=True, **sampled), user)
+    eager = run_gen(LmGen(lm, batch_size=batch, seed=3, compiled=False, **sampled), user)
+    reference = run_reference(lm, user, temp=1.0, seed=3)
+    assert compiled.shape == (STEPS - lm.cfg.max_delay, batch, 1 + lm.cfg.dep_q)
+    assert np.array_equal(compiled, eager)
+    assert np.array_equal(compiled, reference), f"first difference at {np.argwhere(compiled != reference)[0]}"
+    assert len(np.unique(compiled[:, :, 1])) > 10  # a real sampled stream, not a constant
+
+
+def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
+    lm = model()
+    gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
+    per_slot = gen.kv_nbytes  # zero-length buffers before the first step
+    assert per_slot == 0
+    sizes = []
+    for t in range(STEPS):
+        gen.step(mx.zeros((1, 2), dtype=mx.int32))
+        sizes.append(gen.kv[0].shape[2])
+    assert sizes[0] == bucket_size(1, 300) == 128
+    assert sorted(set(sizes)) == [128, 256, 300]
+    assert sizes[-1] == 300 and sizes.index(300) == 256  # grows only until the ring is full
+    gen.reset()
+    assert gen.offset == 0 and gen.kv_nbytes == 0
+
+
+def test_a_model_without_context_keeps_growing():
+    lm = model(context=None)
+    gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
+    for _ in range(300):
+        gen.step(mx.zeros((1, 2), dtype=mx.int32))
+    assert gen.kv[0].shape[2] == 512
+
+
+def test_the_env_switch_selects_the_op_by_op_path(monkeypatch):
+    lm = model()
+    monkeypatch.setenv("MOSHI_MLX_COMPILE", "0")
+    assert LmGen(lm).compiled is False
+    monkeypatch.setenv("MOSHI_MLX_COMPILE", "1")
+    assert LmGen(lm).compiled is True
+    assert LmGen(lm, compiled=False).compiled is False
+
+
+def test_reset_reads_changed_weights():
+    lm = model()
+    gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
+    user = user_codes(1, 20)
+    before = run_gen(gen, user)
+    lm.text_linear.weight = -lm.text_linear.weight  # different weights: different greedy text
+    gen.reset()
+    after = run_gen(gen, user)
+    fresh = run_gen(LmGen(lm, make_sampler(0.0), make_sampler(0.0)), user)
+    assert np.array_equal(after, fresh) and not np.array_equal(after[:, :, 0], before[:, :, 0])
