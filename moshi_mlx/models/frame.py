@@ -55,6 +55,8 @@ def supports_compiled_frame(lm: Lm) -> str | None:
         return f"positional embedding {tcfg.positional_embedding!r}"
     if not tcfg.causal:
         return "the temporal transformer is not causal"
+    if tcfg.cross_attention:
+        return "the temporal transformer has cross-attention"
     return None
 
 
