@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -16,7 +17,10 @@ import pytest
 import sphn
 from serve_support import FRAME, RunningServer, ogg_pages, parse_handshake, tiny_conversation
 
+from moshi_mlx.audio.conversation import FrameResult
 from moshi_mlx.cli.main import main as cli_main
+from moshi_mlx.sampling import SamplingParams
+from moshi_mlx.serve.worker import ModelWorker
 from moshi_mlx.weights.tiny import make_tiny_model
 
 SPEECH = Path(__file__).resolve().parent / "assets" / "speech_24k.wav"
@@ -29,7 +33,10 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(folder):
-    running = RunningServer(tiny_conversation(folder, record=True), idle_timeout=2.0, max_message_bytes=64 * 1024)
+    # No drops here (these tests compare codes and answers, not timing, on a shared 2-core machine);
+    # test_the_worker_drops_and_counts_frames_when_behind covers the real-time policy.
+    running = RunningServer(tiny_conversation(folder, record=True), idle_timeout=2.0, max_message_bytes=64 * 1024,
+                            max_backlog=10_000)
     yield running
     running.stop()
 
@@ -39,24 +46,31 @@ def speech(seconds: float) -> np.ndarray:
     return pcm[: int(seconds * 24000)]
 
 
-async def talk(url: str, pages: list[bytes], headers: dict | None = None, linger: float = 0.4) -> list[bytes]:
-    """Sends each page as an audio message every 80 ms (real time), then listens `linger` s more;
-    returns every message received, handshake first."""
+async def talk(url: str, pages: list[bytes], headers: dict | None = None) -> list[bytes]:
+    """Sends each page as an audio message every 80 ms (real time) and listens until one audio
+    message per page came back (30 s at most); returns every message received, handshake first."""
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url, headers=headers) as ws:
             got = [await ws.receive_bytes(timeout=30)]
+            answered = asyncio.Event()
 
             async def receive() -> None:
                 async for message in ws:
                     if message.type == aiohttp.WSMsgType.BINARY:
                         got.append(message.data)
+                        if sum(m[0] == 1 for m in got) >= len(pages):
+                            answered.set()
 
             task = asyncio.ensure_future(receive())
             start = time.monotonic()
             for i, page in enumerate(pages):
                 await ws.send_bytes(b"\x01" + page)
                 await asyncio.sleep(max(0.0, start + 0.08 * (i + 1) - time.monotonic()))
-            await asyncio.sleep(linger)
+            try:
+                await asyncio.wait_for(answered.wait(), 30)
+            except asyncio.TimeoutError:
+                pass  # the caller's assertions say what is missing
+            await asyncio.sleep(0.05)  # the text of the last frame follows its audio
             await ws.close()
             await task
     return got
@@ -217,3 +231,79 @@ def test_serve_page_and_cli_errors(server, tmp_path):
     assert code == 2 and "index.html" in err
     code, err = cli("--port", "70000")
     assert code == 2 and "--port" in err
+
+
+def test_the_command_serves_until_sigterm(folder):
+    """`moshi-mlx serve` end to end: prints the page's URL once ready, answers, stops cleanly on SIGTERM."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moshi_mlx", "serve", "--model", str(folder), "--mimi-backend", "mlx",
+         "--port", "0", "--no-browser"],
+        stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "Moshi is ready" in line:
+                break
+        url = re.search(r"http://localhost:\d+/", "".join(lines))
+        assert url, lines
+        with urllib.request.urlopen(url.group(0), timeout=10) as r:
+            assert r.status == 200 and b"Moshi" in r.read()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, rest
+        assert "Stopped." in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class SlowConversation:
+    """Takes 30 ms per frame and answers each with its own first sample as text."""
+
+    frame_size = FRAME
+
+    def materialize(self) -> None:
+        pass
+
+    def warmup(self, frames: int) -> None:
+        pass
+
+    def step(self, pcm: np.ndarray) -> FrameResult:
+        time.sleep(0.03)
+        return FrameResult(str(int(pcm[0])), 0, np.full(FRAME, pcm[0], np.float32))
+
+
+def test_the_worker_drops_and_counts_frames_when_behind():
+    worker = ModelWorker(SlowConversation(), max_backlog=3, fresh=lambda sampling: SlowConversation())
+    worker.start()
+    outputs: list = []
+    done = threading.Event()
+
+    def sink(output) -> None:
+        outputs.append(output)
+        if len(outputs) == 20:
+            done.set()
+
+    try:
+        session = worker.begin(SamplingParams(), sink).result(timeout=10)
+        for i in range(20):  # 1.6 s of audio at once: a model at 30 ms per frame cannot take it all in time
+            worker.push(session, np.full(FRAME, i, np.float32))
+        assert done.wait(10)
+        stats = worker.end(session)
+    finally:
+        worker.stop()
+    dropped = [o for o in outputs if o.dropped]
+    kept = [int(o.result.text) for o in outputs if not o.dropped]
+    assert 0 < len(dropped) == stats.frames_dropped_in and len(kept) == stats.frames_processed
+    assert stats.frames_in == 20 == len(dropped) + len(kept)  # one output per frame, in order
+    assert kept == sorted(kept) and kept[-1] == 19  # the newest frames are the ones kept

@@ -4,7 +4,7 @@ Serves our page at http://localhost:8998/ and Kyutai's websocket protocol at /ap
 web client works too (--static DIR, its built `dist` folder). One conversation at a time: each
 connection starts a fresh one; a second client is told "busy". The model runs on its own thread in
 real time: when it falls behind, the oldest input frames are dropped and counted (the log line at
-the end of each conversation).
+the end of each conversation). Ctrl-C or SIGTERM stops the server (exit 0).
 
 Security: binds 127.0.0.1 (this computer only) unless --host says otherwise; then the microphone
 stream crosses the network, and browsers allow the microphone on a page that is not localhost only
@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             serve(worker, defaults, options, on_ready=ready)
+        except KeyboardInterrupt:  # the normal way to stop a server
+            pass
         finally:
             worker.stop()
+        print("Stopped.", file=sys.stderr)
 
     run(PROG, go)
 

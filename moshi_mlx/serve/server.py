@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,15 +162,22 @@ def serve(
     worker: ModelWorker, defaults: SamplingParams, options: ServerOptions,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Runs the server until Ctrl-C (KeyboardInterrupt propagates after a clean shutdown)."""
+    """Runs the server until SIGTERM (returns) or Ctrl-C (KeyboardInterrupt propagates), each after a
+    clean shutdown: connections closed, the port released."""
     server = MoshiServer(worker, defaults, options)
 
     async def main() -> None:
         runner, url = await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
         try:
             if on_ready is not None:
                 on_ready(url)
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 

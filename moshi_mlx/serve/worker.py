@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import mlx.core as mx
 import numpy as np
 
 from ..audio.conversation import Conversation, FrameResult
@@ -48,9 +49,18 @@ class ModelWorker:
 
     Thread-safe: `begin`, `push` and `end` may be called from any thread (the event loop)."""
 
-    def __init__(self, conversation: Conversation, max_backlog: int = 3, warmup_frames: int = 4):
+    def __init__(
+        self,
+        conversation: Conversation,
+        max_backlog: int = 3,
+        warmup_frames: int = 4,
+        fresh: Callable[[SamplingParams], Conversation] | None = None,
+    ):
+        """`fresh(sampling)` makes each connection's conversation (default: a new `LmGen` with that
+        sampling and seed over `conversation`'s weights, Mimi and text stream)."""
         self.base = conversation
         self.conversation = conversation
+        self._new = fresh or self._fresh
         self.max_backlog = max_backlog
         self._warmup_frames = warmup_frames
         self._jobs: queue.Queue = queue.Queue()
@@ -104,8 +114,18 @@ class ModelWorker:
     # The model thread ---------------------------------------------------------------------------
 
     def _run(self, ready: concurrent.futures.Future) -> None:
+        try:
+            self._serve(ready)
+        finally:
+            # MLX (0.30+) gives each thread its own streams; left alive past the thread, they abort
+            # the process at exit ("terminate called without an active exception").
+            if hasattr(mx, "clear_streams"):
+                mx.synchronize()
+                mx.clear_streams()
+
+    def _serve(self, ready: concurrent.futures.Future) -> None:
         try:  # state made on this thread: a fresh conversation, as each connection gets
-            self.conversation = self._fresh(SamplingParams())
+            self.conversation = self._new(SamplingParams())
             self.conversation.warmup(self._warmup_frames)
         except BaseException as e:
             ready.set_exception(e)
@@ -121,7 +141,7 @@ class ModelWorker:
                     if not done.set_running_or_notify_cancel():
                         continue
                     try:
-                        self.conversation = self._fresh(sampling)
+                        self.conversation = self._new(sampling)
                     except BaseException as e:
                         done.set_exception(e)
                         continue
