@@ -5,6 +5,7 @@ plays espeak-ng speech, talks to `serve` (tiny model) for more than 10 s. Needs 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -89,3 +90,41 @@ def test_the_page_talks_with_moshi_in_chromium(tmp_path):
     assert sizes[0] > 44 + 4 * stats["sampleRate"] * 5 and sizes[1] > 1, sizes
     session = server.server.sessions[-1]
     assert session.frames_processed > 0, session.summary()
+
+
+def test_kyutai_web_client_works_unchanged(tmp_path):
+    """Kyutai's own client (`--static DIST`), built by tests/fixtures/build_kyutai_client.sh from a
+    kyutai-labs/moshi checkout; opt-in (MOSHI_MLX_KYUTAI_CLIENT=DIST) since the build needs their
+    sources and the npm registry."""
+    dist = os.environ.get("MOSHI_MLX_KYUTAI_CLIENT")
+    if not dist:
+        pytest.skip("set MOSHI_MLX_KYUTAI_CLIENT to a dist built by tests/fixtures/build_kyutai_client.sh")
+    executable = chromium()
+    sync_api = require("playwright.sync_api")
+    folder = make_tiny_model(tmp_path / "tiny-moshi")
+    conversation = tiny_conversation(folder, record=True)
+    server = RunningServer(conversation, static=Path(dist))
+    conversation.mimi.rms.clear()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, headless=True, args=[
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={SPEECH}", "--autoplay-policy=no-user-gesture-required",
+            ])
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 800})
+                page.goto(server.url)
+                page.get_by_text("Connect").click()
+                page.wait_for_function("document.body.innerText.includes('Audio played')", timeout=30_000)
+                time.sleep(TALK_SECONDS)
+                body = page.inner_text("body")
+                page.screenshot(path=str(artifacts(tmp_path) / "kyutai_client.png"))
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    heard = np.array(conversation.mimi.rms)
+    assert heard.size >= 10 * 12.5 * 0.8 and np.mean(heard > 0.01) > 0.3, heard.size
+    played = re.search(r"Audio played:\s*(\d+):(\d+\.\d+)", body)
+    assert played and 60 * int(played[1]) + float(played[2]) >= 5.0, body[-400:]
+    assert server.server.sessions[-1].frames_processed > 0

@@ -10,6 +10,7 @@ truncated messages are answered with an error message or discarded, never a cras
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import signal
@@ -65,7 +66,7 @@ class MoshiServer:
         self.defaults = defaults
         self.options = options
         self.busy = False
-        self.sessions: list = []  # frame accounting of each finished conversation (DuplexStats)
+        self.sessions: collections.deque = collections.deque(maxlen=1000)  # the last conversations' DuplexStats
         self.refused = {"busy": 0, "origin": 0, "host": 0}
         self.loopback_only = is_loopback(options.host)
         if options.static is not None and not (Path(options.static) / "index.html").is_file():

@@ -18,6 +18,7 @@ import sphn
 from aiohttp import WSMsgType, web
 
 from ..audio.duplex import DuplexStats, SampleFifo
+from ..sampling import SamplingParams
 from . import protocol
 from .protocol import Kind
 from .worker import ModelWorker, Output
@@ -52,7 +53,7 @@ async def run_session(
     ws: web.WebSocketResponse,
     query: dict[str, str],
     worker: ModelWorker,
-    defaults,
+    defaults: SamplingParams,
     limits: SessionLimits,
     peer: str,
 ) -> DuplexStats | None:

@@ -131,6 +131,10 @@ async function start() {
   Object.assign(stats, { sentPages: 0, sentSamples: 0, receivedFrames: 0, receivedText: 0, decodedSamples: 0,
                          playedSamples: 0, underrunSamples: 0, droppedSamples: 0, latencyMs: null, errors: [] });
   try {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error("this browser allows the microphone only on https or localhost pages: " +
+                      "start the server with --ssl DIR, or open it as localhost");
+    }
     try { ctx = new AudioContext({ sampleRate: 24000, latencyHint: "interactive" }); }
     catch (e) { ctx = new AudioContext({ latencyHint: "interactive" }); }
     stats.sampleRate = recording.rate = ctx.sampleRate;
