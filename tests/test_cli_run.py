@@ -147,16 +147,17 @@ def wav_frames(path: Path) -> int:
 
 
 def failing_step(monkeypatch, after: int, error: Exception) -> None:
-    step = Conversation.step
+    """The LM step fails after `after` frames (`lm_step`: run calls it with or without overlap)."""
+    step = Conversation.lm_step
     calls = [0]
 
-    def fails(self, pcm):
+    def fails(self, codes):
         calls[0] += 1
         if calls[0] > after:
             raise error
-        return step(self, pcm)
+        return step(self, codes)
 
-    monkeypatch.setattr(Conversation, "step", fails)
+    monkeypatch.setattr(Conversation, "lm_step", fails)
 
 
 def test_an_error_mid_run_keeps_the_answer_so_far(question, full_answer, tmp_path, capsys, monkeypatch):

@@ -104,5 +104,6 @@ def test_progress_bar_on_a_terminal_then_cleared(tmp_path):
     assert proc.returncode == 0
     text = seen.decode()
     assert re.search(r"\[#*\.*\] \d+/30 frames · RTF \d+\.\d\d · ETA \d+:\d\d", text), text
-    assert text.endswith("\r\x1b[K")  # nothing left on the terminal line
+    # The bar is cleared, and one line gives the run's real-time factor.
+    assert re.search(r"\r\x1b\[Kmoshi-mlx run: 2\.40 s of audio answered in \d+\.\d\d s, RTF \d+\.\d\d\r?\n$", text), text
     assert wav_frames(tmp_path / "a.wav") == 30

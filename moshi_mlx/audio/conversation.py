@@ -37,6 +37,29 @@ class FrameResult:
     pcm: np.ndarray | None
 
 
+def _state_arrays(obj: object) -> list[mx.array]:
+    """The arrays an object holds in its attributes (directly, or in lists, tuples and dicts; not
+    in modules): e.g. an `LmGen`'s token ring, KV buffers and random key."""
+    found: list[mx.array] = []
+
+    def visit(x: object, depth: int) -> None:
+        if isinstance(x, mx.array):
+            found.append(x)
+        elif depth and isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v, depth - 1)
+        elif depth and isinstance(x, dict):
+            for v in x.values():
+                visit(v, depth - 1)
+        elif depth and hasattr(x, "__dict__") and not isinstance(x, (nn.Module, type)) and not callable(x):
+            for v in vars(x).values():
+                visit(v, depth - 1)
+
+    for value in vars(obj).values():
+        visit(value, 3)
+    return found
+
+
 class Conversation:
     """Mimi encode -> `LmGen.step` -> Mimi decode, with one evaluation boundary per frame.
 
@@ -78,10 +101,12 @@ class Conversation:
         mimi_backend: str | None = None,
         dtype: mx.Dtype | None = None,
         sampling: SamplingParams | None = None,
+        adapter: str | Path | None = None,
     ) -> "Conversation":
-        """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or weights file)."""
+        """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or weights file), with a
+        fine-tune's `adapter` (checkpoint folder or adapter file) applied when given."""
         sampling = sampling or SamplingParams()
-        model = load_pretrained(source, mimi_backend, dtype)
+        model = load_pretrained(source, mimi_backend, dtype, adapter=adapter)
         gen = LmGen(model.lm, sampling.text_sampler(), sampling.audio_sampler(), seed=sampling.seed)
         # PAD/EPAD never reach the text stream: `step` keeps them silent itself.
         return cls(gen, model.mimi, model.tokenizer.streaming())
@@ -89,7 +114,7 @@ class Conversation:
     def materialize(self) -> None:
         """Evaluates the weights and state now, on this thread. MLX streams are per thread: lazy
         arrays must be evaluated by the thread that created them before another thread uses them."""
-        arrays = [self.lm_gen.lm.parameters(), self.lm_gen.tokens]
+        arrays = [self.lm_gen.lm.parameters(), _state_arrays(self.lm_gen)]
         if isinstance(self.mimi, nn.Module):
             arrays.append(self.mimi.parameters())
         mx.eval(arrays)
@@ -102,15 +127,31 @@ class Conversation:
         self.reset()
 
     def step(self, pcm: np.ndarray) -> FrameResult:
-        """Processes one frame of `frame_size` float32 samples of the user's voice (24 kHz mono)."""
+        """Processes one frame of `frame_size` float32 samples of the user's voice (24 kHz mono).
+
+        Same as `decode(lm_step(encode(pcm)))`; `audio.overlap.OverlappedSteps` runs those three
+        parts of consecutive frames concurrently, with identical results."""
+        tokens = self.lm_step(self.encode(pcm))
+        if tokens is None:
+            return FrameResult("", None, None)
+        return self.decode(tokens)
+
+    def encode(self, pcm: np.ndarray) -> mx.array:
+        """Mimi's codes `[1, K, 1]` of the user's next frame (lazy with MLX Mimi)."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if pcm.shape[0] != self.frame_size:
             raise InvalidArgument(f"expected a frame of {self.frame_size} samples, got {pcm.shape[0]}")
-        codes = self.mimi.encode_step(pcm[None, None, :])
+        return self.mimi.encode_step(pcm[None, None, :])
+
+    def lm_step(self, codes: mx.array) -> mx.array | None:
+        """The LM's step on the user's codes `[1, K, 1]`: Moshi's tokens `[1, 1 + dep_q]`, or None
+        while the delays fill (scheduled, not yet read)."""
         tokens = self.lm_gen.step(codes[:, : self.lm_gen.num_user_codebooks, 0])
         self.steps += 1
-        if tokens is None:
-            return FrameResult("", None, None)
+        return tokens
+
+    def decode(self, tokens: mx.array) -> FrameResult:
+        """Moshi's audio and text for the tokens `[1, 1 + dep_q]` of one step."""
         out = self.mimi.decode_step(tokens[:, 1:, None])
         mx.eval(tokens, out)  # the one evaluation boundary of the frame (MLX Mimi)
         token = int(np.array(tokens[0, 0]))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..models.codec import FRAME_SIZE
 from .conversation import FrameResult
+from .overlap import OverlappedSteps
 
 
 class SampleFifo:
@@ -101,7 +102,10 @@ class DuplexLoop:
     """Connects audio callbacks to a `Conversation`-like object with a `step(frame) -> FrameResult`.
 
     `push_input` and `pull_output` are safe to call from audio callbacks (no model work, no
-    blocking). `start()` runs the model thread; `stop()` ends it.
+    blocking). `start()` runs the model thread; `stop()` ends it. On that thread, a `Conversation`
+    runs with `overlap` (default): Mimi encodes the next frame (when it has arrived) and decodes the
+    last one on a thread of its own while the LM steps, and Moshi's audio reaches the output buffer
+    as soon as it is decoded.
     """
 
     def __init__(
@@ -111,12 +115,16 @@ class DuplexLoop:
         frame_size: int = FRAME_SIZE,
         max_input_backlog: int = 3,
         max_output_backlog: int = 6,
+        overlap: bool = True,
     ):
         self.conversation = conversation
         self.on_text = on_text
         self.frame_size = frame_size
         self.max_input_backlog = max_input_backlog
         self.max_output_backlog = max_output_backlog
+        self.overlap = overlap
+        self._steps: OverlappedSteps | None = None  # while the model thread runs with overlap
+        self._unstepped = 0  # frames the overlapped steps held when they closed
         self.stats = DuplexStats()
         self._pending = SampleFifo()  # input samples not yet forming a whole frame
         self._frames: queue.Queue[np.ndarray] = queue.Queue()
@@ -155,12 +163,13 @@ class DuplexLoop:
 
     # Model side ----------------------------------------------------------------------------------
 
-    def process_available(self, timeout: float = 0.1) -> bool:
-        """Runs at most one model step on the next input frame; returns False if none came."""
+    def _next_frame(self, timeout: float | None) -> np.ndarray | None:
+        """The next input frame (waiting up to `timeout`; None: don't wait), dropping the oldest
+        when the model fell behind; None if none came."""
         try:
-            frame = self._frames.get(timeout=timeout)
+            frame = self._frames.get(timeout=timeout) if timeout is not None else self._frames.get_nowait()
         except queue.Empty:
-            return False
+            return None
         # Controlled skipping: if the model fell behind, keep only the newest frames.
         while self._frames.qsize() >= self.max_input_backlog:
             try:
@@ -168,29 +177,68 @@ class DuplexLoop:
             except queue.Empty:
                 break
             self.stats.frames_dropped_in += 1
-        start = time.perf_counter()
-        result: FrameResult = self.conversation.step(frame)
-        self.stats.step_ms.append(1000 * (time.perf_counter() - start))
-        self.stats.frames_processed += 1
+        return frame
+
+    def _deliver(self, result: FrameResult) -> None:
+        """Moshi's audio to the output buffer, its text to `on_text`."""
         if result.pcm is not None:
             self._output.push(result.pcm)
             self.stats.frames_out += 1
             self.stats.samples_dropped_out += self._output.drop_oldest(self.max_output_backlog * self.frame_size)
         if result.text and self.on_text is not None:
             self.on_text(result.text)
+
+    def process_available(self, timeout: float = 0.1) -> bool:
+        """Runs at most one model step on the next input frame; returns False if none came."""
+        steps = self._steps
+        if steps is None or steps.pending == 0:
+            frame = self._next_frame(timeout)
+            if frame is None:
+                return False
+            if steps is None:
+                start = time.perf_counter()
+                result: FrameResult = self.conversation.step(frame)
+                self.stats.step_ms.append(1000 * (time.perf_counter() - start))
+                self.stats.frames_processed += 1
+                self._deliver(result)
+                return True
+            steps.push(frame)
+        start = time.perf_counter()
+        ahead = self._next_frame(None)  # already here: encode it while the LM steps
+        if ahead is not None:
+            steps.push(ahead)
+        steps.step()  # its audio is delivered by the Mimi thread once decoded
+        self.stats.step_ms.append(1000 * (time.perf_counter() - start))
+        self.stats.frames_processed += 1
         return True
 
     def _run(self, prepare: Callable[[], None] | None) -> None:
         try:
             if prepare is not None:
                 prepare()
+            if self.overlap and hasattr(self.conversation, "lm_step"):
+                self._steps = OverlappedSteps(self.conversation, on_result=self._deliver)
             self._ready.set()
             while self._running.is_set():
                 self.process_available()
+            self._close_steps()
         except BaseException as e:  # surfaced by `stop()` on the main thread
             self.error = e
             self._running.clear()
             self._ready.set()
+            try:
+                self._close_steps()
+            except BaseException:
+                pass  # the first error is the one reported
+
+    def _close_steps(self) -> None:
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            self._unstepped = steps.pending
+            try:
+                steps.finish()
+            finally:
+                steps.close()
 
     def start(self, prepare: Callable[[], None] | None = None, wait: bool = True) -> None:
         """Starts the model thread; `prepare` (e.g. a warm-up) runs first on that thread.
@@ -218,6 +266,6 @@ class DuplexLoop:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.stats.frames_pending = self._frames.qsize()
+        self.stats.frames_pending = self._frames.qsize() + self._unstepped
         if self.error is not None:
             raise RuntimeError(f"the model thread failed: {self.error!r}") from self.error

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import MoshiError
 from ..models.codec import FRAME_SIZE
-from .conversation import Conversation
+from .conversation import Conversation, FrameResult
+from .overlap import OverlappedSteps
 from .io import SAMPLE_RATE, AudioReader, WavWriter
 
 
@@ -82,6 +83,15 @@ class FileRun:
         self.steps = 0
         self.frames_written = 0
         self.started: float | None = None
+        self.finished: float | None = None
+
+    def rtf(self) -> float | None:
+        """Real-time factor of the run so far: processing time / duration of the input answered
+        (the progress bar's measure)."""
+        if self.started is None or not self.steps:
+            return None
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return (end - self.started) / self.seconds(min(self.steps, self.total_frames))
 
     def seconds(self, frames: int) -> float:
         """The duration of `frames` frames."""
@@ -99,10 +109,15 @@ class FileRun:
         on_text: Callable[[str], None] | None = None,
         on_frame: Callable[[FileRun], None] | None = None,
         should_stop: Callable[[], str | None] | None = None,
+        overlap: bool = True,
     ) -> str | None:
         """Feeds the input frame by frame, writing Moshi's voice and text as they come. Returns None
         when the whole input was answered, or the reason `should_stop` gave (checked before each
-        frame). Exceptions propagate after the outputs are closed, valid."""
+        frame). Exceptions propagate after the outputs are closed, valid, holding every frame the
+        model answered before the error.
+
+        With `overlap` (default), Mimi encodes the next frame and decodes the last one while the LM
+        steps (`OverlappedSteps`); the output is identical either way."""
         if conversation.frame_size != self.frame_size:
             raise ValueError(f"the model's frame is {conversation.frame_size} samples; this run was opened for {self.frame_size}")
         flush = conversation.lm_gen.lm.cfg.max_delay
@@ -110,30 +125,65 @@ class FileRun:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
+        self.finished = None
         writer = WavWriter(self.output, SAMPLE_RATE)
         text = open(self.text_out, "w", encoding="utf-8") if self.text_out is not None else None
+
+        def take(result: FrameResult) -> None:
+            if result.pcm is not None and self.frames_written < self.total_frames:
+                writer.write(result.pcm)
+                self.frames_written += 1
+            if result.text:
+                if text is not None:
+                    text.write(result.text)
+                    text.flush()
+                if on_text is not None:
+                    on_text(result.text)
+
+        frames = self._inputs(flush)
+        steps = OverlappedSteps(conversation) if overlap else None
+        failed = False
         try:
-            for pcm in self._inputs(flush):
+            if steps is not None:
+                first = next(frames, None)
+                if first is not None:
+                    steps.push(first)  # from here on, frame t+1 is pushed before frame t steps
+            while True:
+                pcm = None if steps is not None else next(frames, None)
+                if (steps.pending == 0) if steps is not None else (pcm is None):
+                    return None
                 reason = should_stop() if should_stop is not None else None
                 if reason:
                     return reason
-                result = conversation.step(pcm)
+                if steps is not None:
+                    nxt = next(frames, None)
+                    if nxt is not None:
+                        steps.push(nxt)  # encoded on the Mimi thread while the LM steps
+                    steps.step()
+                    for result in steps.ready():
+                        take(result)
+                else:
+                    take(conversation.step(pcm))
                 self.steps += 1
-                if result.pcm is not None and self.frames_written < self.total_frames:
-                    writer.write(result.pcm)
-                    self.frames_written += 1
-                if result.text:
-                    if text is not None:
-                        text.write(result.text)
-                        text.flush()
-                    if on_text is not None:
-                        on_text(result.text)
                 if on_frame is not None:
                     on_frame(self)
-            return None
+        except BaseException:
+            failed = True
+            raise
         finally:
-            writer.close()
-            if text is not None:
-                text.write("\n")
-                text.close()
-            self.reader.close()
+            try:
+                if steps is not None:
+                    try:  # every frame the LM answered reaches the outputs
+                        for result in steps.finish():
+                            take(result)
+                        steps.close()
+                    except Exception:
+                        if not failed:
+                            raise  # else the error already on its way out matters more
+            finally:
+                self.finished = time.perf_counter()
+                writer.close()
+                if text is not None:
+                    text.write("\n")
+                    text.close()
+                self.reader.close()

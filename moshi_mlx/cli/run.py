@@ -4,7 +4,9 @@ The input and outputs are checked before the model loads. The answer is written 
 if the run stops early (Ctrl-C, SIGTERM, an error) OUTPUT is a valid wav of the frames answered so far,
 time-aligned with the input, and --text-out holds the text so far; one line says where it stopped.
 Exit status: 0 done, 130 Ctrl-C (SIGINT), 143 SIGTERM, 2 bad input or a failure the message explains.
-On a terminal, stderr shows a progress bar: frames done, RTF (processing time / audio time) and time left.
+On a terminal, stderr shows a progress bar: frames done, RTF (processing time / audio time) and time left,
+and at the end the run's RTF. Mimi encodes the next frame and decodes the last one while the LM steps
+(on another core), so a frame costs about the longer of the two, not their sum.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def configure_parser() -> ArgumentParser:
                    "its length rounded up to whole 80 ms frames); missing folders are created")
     p.add_argument("--text-out", default=None, help="also write Moshi's text to this file, as it comes (missing "
                    "folders are created)")
+    p.add_argument("--no-overlap", action="store_true", help="run Mimi and the LM one after the other instead of "
+                   "concurrently (same output, slower; for debugging and measuring)")
     add_model_arguments(p)
     return p
 
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         on_frame = (lambda j: bar.update(min(j.steps, j.total_frames))) if bar is not None else None
         with _Stopper() as stopper:
             try:
-                reason = job.run(conversation, on_text=text, on_frame=on_frame, should_stop=stopper)
+                reason = job.run(conversation, on_text=text, on_frame=on_frame, should_stop=stopper,
+                                 overlap=not args.no_overlap)
             except KeyboardInterrupt:
                 reason, stopper.code = "interrupted (Ctrl-C, SIGINT)", EXIT_SIGINT
             except Exception as e:
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
                     sys.exit(EXIT_ERROR)
                 raise  # a bug: keep its traceback
         text.end()
+        if bar is not None and job.rtf() is not None:
+            done = job.seconds(min(job.steps, job.total_frames))
+            print(f"{PROG}: {done:.2f} s of audio answered in {job.finished - job.started:.2f} s, RTF {job.rtf():.2f}",
+                  file=sys.stderr)
         if reason is not None:
             print(f"{PROG}: {reason} {_where(job)}", file=sys.stderr)
             sys.exit(stopper.code)
