@@ -28,13 +28,9 @@ def check_side(side: dict) -> None:
     assert side["roofline_fraction"] > 0
 
 
-def test_json_on_micro_reports_every_measure_for_each_side(capsys):
-    result = run_json(capsys, "--precision", "fp32,q4", "--kyutai-python", "")
+def check_result(result: dict, precisions: list[str]) -> None:
     assert result["backend"] == "mlx-cpu" and result["machine"] and result["date"]
-    assert [(c["config"], c["precision"], c["bits"]) for c in result["cases"]] == [("micro", "fp32", None), ("micro", "q4", 4)]
-    fp32, q4 = result["cases"]
-    # The weights a step reads: fewer bytes once quantized to 4 bits.
-    assert 0 < q4["weights_read_mb"] < fp32["weights_read_mb"] / 4
+    assert [(c["config"], c["precision"]) for c in result["cases"]] == [("micro", p) for p in precisions]
     for case in result["cases"]:
         assert case["bandwidth_gb_s"] > 0 and case["roofline_ms"] > 0
         assert "kyutai" not in case["sides"]
@@ -44,7 +40,22 @@ def test_json_on_micro_reports_every_measure_for_each_side(capsys):
     # --table prints the README's rows from the same result, one per case.
     lines = bench.table_rows(result).splitlines()
     assert lines[0].startswith("| machine | backend | config | dtype | ours")
-    assert len(lines) == 4 and "| mlx-cpu | micro | fp32 |" in lines[2] and "| micro | q4 |" in lines[3]
+    assert len(lines) == 2 + len(precisions)
+    assert all(f"| mlx-cpu | micro | {p} |" in line for p, line in zip(precisions, lines[2:]))
+
+
+def test_json_on_micro_reports_every_measure_for_each_side(capsys):
+    check_result(run_json(capsys, "--precision", "fp32", "--kyutai-python", ""), ["fp32"])
+
+
+@pytest.mark.slow
+def test_json_quantized(capsys):
+    result = run_json(capsys, "--precision", "bf16,q4", "--kyutai-python", "")
+    check_result(result, ["bf16", "q4"])
+    bf16, q4 = result["cases"]
+    assert q4["bits"] == 4 and q4["group_size"] and bf16["bits"] is None
+    # The weights a step reads: fewer bytes once quantized to 4 bits.
+    assert 0 < q4["weights_read_mb"] < bf16["weights_read_mb"] / 2
 
 
 def test_kyutai_process_does_not_see_our_package(monkeypatch):

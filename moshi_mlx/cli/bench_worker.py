@@ -303,16 +303,20 @@ def ours(args: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Kyutai's moshi_mlx 0.3.0
 
+KYUTAI_PACKAGE = "moshi_mlx"  # Kyutai's import name, the same as ours
+
 
 def kyutai(args: dict) -> dict:
-    import moshi_mlx
+    import importlib
 
+    # Kyutai's package, by name: it is not ours (ours is kept off this process's path).
+    package = importlib.import_module(KYUTAI_PACKAGE)
     try:
-        from moshi_mlx import models, utils
-
+        models = importlib.import_module(KYUTAI_PACKAGE + ".models")
+        utils = importlib.import_module(KYUTAI_PACKAGE + ".utils")
         models.LmGen, utils.Sampler  # noqa: B018
     except (ImportError, AttributeError):
-        raise SystemExit(f"{moshi_mlx.__file__} is not Kyutai's moshi_mlx 0.3.0 (no models.LmGen, utils.Sampler)")
+        raise SystemExit(f"{package.__file__} is not Kyutai's moshi_mlx 0.3.0 (no models.LmGen, utils.Sampler)")
     after_imports = memory()["rss_mb"]
     cfg = models.LmConfig.from_config_dict(args["config"])
     model = models.Lm(cfg)
@@ -333,7 +337,7 @@ def kyutai(args: dict) -> dict:
             mx.eval(audio)
 
     result = run_steps(step, lambda: [gen, model.transformer_cache, model.depformer_cache], args)
-    result["module"] = moshi_mlx.__file__
+    result["module"] = package.__file__
     result["rss_after_imports_mb"] = after_imports
     result.update(prepared)
 
@@ -375,8 +379,7 @@ def kyutai(args: dict) -> dict:
 
     comp["sampling"] = _median(timed(sampling, n))
     if args["mimi"]:
-        from moshi_mlx.models import mimi
-
+        mimi = importlib.import_module(KYUTAI_PACKAGE + ".models.mimi")
         ncb = cfg.depformer.num_slices
         comp.update(time_mimi(mimi.Mimi, mimi.mimi_202407(32), n, ncb))
     result["components_ms"] = comp
