@@ -19,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import InvalidArgument
+from .models.conditioners import Condition
 from .models.frame import FrameSpec, kv_dtype, moshi_frame, supports_compiled_frame, transposed_linear
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
@@ -46,7 +47,12 @@ class LmGen:
         seed: int | None = None,
         key: mx.array | None = None,
         compiled: bool | None = None,
+        conditions: dict[str, Condition] | None = None,
+        cfg_coef: float = 1.0,
     ):
+        """`conditions`: a conditioned model's condition tensors (`lm.conditions(...)`), for `batch_size`
+        rows, or `2 * batch_size` with `cfg_coef != 1` (classifier-free guidance, as torch `LMGen`:
+        rows B.. are the contrast, e.g. `null_attributes` or Hibiki's "very_bad")."""
         cfg = lm.cfg
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
@@ -62,12 +68,17 @@ class LmGen:
         if unsupported is not None:
             raise InvalidArgument(f"LmGen cannot stream this model: {unsupported}")
         self.compiled = compiled
+        self.cfg_coef = float(cfg_coef)
+        sum_condition = _check_conditions(lm, conditions, batch_size, self.cfg_coef)
         # Ring of max_delay + 2 token columns (torch `_LMGenState.cache`): enough for writes
         # up to max_delay steps ahead of the read position and reads max_delay behind.
-        self._spec = FrameSpec(lm, self.text_sampler, self.audio_sampler, cfg.max_delay + 2)
+        self._spec = FrameSpec(lm, self.text_sampler, self.audio_sampler, cfg.max_delay + 2,
+                               sum_condition=sum_condition, cfg_coef=self.cfg_coef)
         tcfg = cfg.transformer
         self._capacity = tcfg.context  # a ring of `context` positions; None: grows with the stream
-        self._kv_shape = (batch_size, tcfg.num_kv_heads, 0, tcfg.head_dim)
+        rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)  # CFG runs the model on 2B rows
+        self._kv_shape = (rows, tcfg.num_kv_heads, 0, tcfg.head_dim)
+        self.extra_heads: list[mx.array] = []  # the last step's extra-head probabilities
         self._no_force = mx.full((batch_size, 1 + cfg.dep_q), cfg.ungenerated_token_id, dtype=mx.int32)
         self.reset()
 
@@ -123,6 +134,14 @@ class LmGen:
         filled = step + 1 if cap is None else min(step + 1, cap)
         return slot, (None if filled == size else filled)
 
+    def step_with_extra_heads(
+        self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None
+    ) -> tuple[mx.array, list[mx.array]] | None:
+        """`step`, plus the extra heads' probabilities of this step (torch `step_with_extra_heads`:
+        softmax over each head, `[B, extra_heads_dim]`, `[2B, ...]` under CFG); None while `step` is."""
+        out = self.step(user_codes, force_tokens)
+        return None if out is None else (out, self.extra_heads)
+
     def step(self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None) -> mx.array | None:
         """Runs one 80 ms frame.
 
@@ -145,14 +164,33 @@ class LmGen:
         masked, full = self._frames
         step, slot_arr = mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)
         if filled is None:
-            tokens, kv, key, out = full(self.tokens, self.kv, self.key, step, slot_arr, user, forced)
+            tokens, kv, key, out, extra = full(self.tokens, self.kv, self.key, step, slot_arr, user, forced)
         else:
             filled_arr = mx.array(filled, dtype=mx.int32)
-            tokens, kv, key, out = masked(self.tokens, self.kv, self.key, step, slot_arr, filled_arr, user, forced)
-        self.tokens, self.kv, self.key = tokens, kv, key
+            tokens, kv, key, out, extra = masked(
+                self.tokens, self.kv, self.key, step, slot_arr, filled_arr, user, forced
+            )
+        self.tokens, self.kv, self.key, self.extra_heads = tokens, kv, key, extra
         self.offset = o + 1
-        mx.async_eval(out, tokens, key, *kv)
+        mx.async_eval(out, tokens, key, *kv, *extra)
         return None if self.offset <= self.lm.cfg.max_delay else out
+
+
+def _check_conditions(
+    lm: Lm, conditions: dict[str, Condition] | None, batch_size: int, cfg_coef: float
+) -> mx.array | None:
+    """The `[B', 1, D]` sum condition of `conditions` after checking them against the model and batch."""
+    if cfg_coef != 1.0 and lm.fuser is None:
+        raise InvalidArgument("cfg_coef != 1 needs a conditioned model (this one has no conditions to contrast)")
+    sum_condition, cross = lm.fuse(conditions)
+    rows = batch_size * (2 if cfg_coef != 1.0 else 1)
+    for c in (sum_condition, cross):
+        if c is not None and c.shape[0] != rows:
+            raise InvalidArgument(
+                f"the conditions have {c.shape[0]} rows, expected {rows}"
+                + (" (classifier-free guidance takes the conditioned rows, then the contrast rows)" if cfg_coef != 1.0 else "")
+            )
+    return sum_condition
 
 
 # Text-only generation with the LM's text stream (Helium, or Moshi with silent audio streams).

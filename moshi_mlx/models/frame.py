@@ -30,6 +30,11 @@ class FrameSpec:
     audio_sampler: Sampler
     ring: int  # columns of the token ring (max_delay + 2)
     linear: Linear = call  # how Linear layers are applied (see `transposed_linear`)
+    # Conditioning (see `LmGen`): the `[B', 1, D]` offset added to every input, and classifier-free
+    # guidance: with `cfg_coef != 1` the model runs on 2B rows (conditioned, then contrast) and each
+    # logit is `contrast + cfg_coef * (conditioned - contrast)`, as torch `LMGen`.
+    sum_condition: mx.array | None = None
+    cfg_coef: float = 1.0
 
 
 def transposed_linear(lm: Lm) -> Linear:
@@ -106,8 +111,9 @@ def moshi_frame(
         forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`.
 
     Returns:
-        (tokens, kv, key, out): the updated state and `[B, 1 + dep_q]` tokens of frame
-        `step - max_delay` (meaningful once `step >= max_delay`).
+        (tokens, kv, key, out, extra): the updated state, `[B, 1 + dep_q]` tokens of frame
+        `step - max_delay` (meaningful once `step >= max_delay`) and the extra heads'
+        probabilities of this step (`[B', extra_heads_dim]` each; none without extra heads).
     """
     lm, cfg = spec.lm, spec.lm.cfg
     dq, K, CT = cfg.dep_q, cfg.num_codebooks, spec.ring
@@ -128,6 +134,11 @@ def moshi_frame(
     # Temporal transformer, one position, as [B, D].
     tcfg, lin = cfg.transformer, spec.linear
     x = lm.embed(inputs)
+    cfg_on = spec.cfg_coef != 1.0
+    if cfg_on:  # torch repeats the input tokens; their embeddings are the same
+        x = mx.concatenate([x, x])
+    if spec.sum_condition is not None:
+        x = x + spec.sum_condition[:, 0].astype(x.dtype)
     if tcfg.positional_embedding == "sin":
         x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
     mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
@@ -136,7 +147,7 @@ def moshi_frame(
         x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin)
         new_kv += [k_buf, v_buf]
     hidden = lm.out_norm(x)
-    text_logits = lin(lm.text_linear, hidden)
+    text_logits = _guided(lin(lm.text_linear, hidden), spec.cfg_coef, B)
 
     ungen = cfg.ungenerated_token_id
     text = spec.text_sampler(text_logits.astype(mx.float32), keys[1])
@@ -148,10 +159,11 @@ def moshi_frame(
     dkeys: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
     dvalues: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
     for k in range(dq):
-        y = lin(lm.depformer_in[cfg.depformer_in_index(k)], hidden) + lm._depformer_token_emb(k, prev)
+        prev_in = mx.concatenate([prev, prev]) if cfg_on else prev
+        y = lin(lm.depformer_in[cfg.depformer_in_index(k)], hidden) + lm._depformer_token_emb(k, prev_in)
         for j, layer in enumerate(lm.depformer.layers):
             y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, lin)
-        tok = spec.audio_sampler(lin(lm.linears[k], y).astype(mx.float32), keys[2 + k])
+        tok = spec.audio_sampler(_guided(lin(lm.linears[k], y), spec.cfg_coef, B).astype(mx.float32), keys[2 + k])
         tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
         out_tokens.append(tok)
         prev = tok
@@ -162,4 +174,15 @@ def moshi_frame(
     tokens = _ring_write(tokens, new, mx.broadcast_to(nxt % CT, (K,)), generated)
     read = (nxt - cfg.max_delay + delays[: 1 + dq]) % CT
     out = _ring_read(tokens[:, : 1 + dq], read)
-    return tokens, new_kv, key, out
+    # Extra heads (STT's end of speech) on every row of the normed hidden state, as torch
+    # `step_with_extra_heads` (2B rows under CFG).
+    extra = lm.extra_head_probs(hidden[:, None])
+    return tokens, new_kv, key, out, [p[:, 0] for p in extra]
+
+
+def _guided(logits: mx.array, cfg_coef: float, B: int) -> mx.array:
+    """Classifier-free guidance of `[2B, V]` logits (torch `LMGen`); `logits` itself when `cfg_coef == 1`."""
+    if cfg_coef == 1.0:
+        return logits
+    cond, null = logits[:B], logits[B:]
+    return null + (cond - null) * cfg_coef
