@@ -50,10 +50,11 @@ class RunningServer:
     """`MoshiServer` on its own event loop thread, listening on a free port of 127.0.0.1."""
 
     def __init__(self, conversation: Conversation, idle_timeout: float = 30.0, max_backlog: int = 3,
-                 max_message_bytes: int | None = None, static: Path | None | str = "default"):
+                 max_message_bytes: int | None = None, static: Path | None | str = "default",
+                 ssl_dir: Path | None = None):
         self.worker = ModelWorker(conversation, max_backlog=max_backlog, warmup_frames=1)
         self.worker.start()
-        options = ServerOptions(port=0, limits=SessionLimits(idle_timeout=idle_timeout))
+        options = ServerOptions(port=0, limits=SessionLimits(idle_timeout=idle_timeout), ssl_dir=ssl_dir)
         if max_message_bytes is not None:
             options.max_message_bytes = max_message_bytes
         if static != "default":

@@ -307,3 +307,34 @@ def test_the_worker_drops_and_counts_frames_when_behind():
     assert 0 < len(dropped) == stats.frames_dropped_in and len(kept) == stats.frames_processed
     assert stats.frames_in == 20 == len(dropped) + len(kept)  # one output per frame, in order
     assert kept == sorted(kept) and kept[-1] == 19  # the newest frames are the ones kept
+
+
+def test_ssl_serves_https_and_wss(folder, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    running = RunningServer(tiny_conversation(folder), ssl_dir=tmp_path, max_backlog=10_000)
+    try:
+        assert running.url.startswith("https://localhost:") and running.ws_url.startswith("wss://")
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+
+        async def exchange() -> list[bytes]:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(running.url, ssl=context) as r:
+                    assert r.status == 200
+                async with http.ws_connect(running.ws_url, ssl=context) as ws:
+                    got = [await ws.receive_bytes(timeout=30)]
+                    await ws.send_bytes(b"\x01" + ogg_pages(speech(0.2))[0])
+                    got.append(await ws.receive_bytes(timeout=30))
+                    return got
+
+        got = asyncio.run(exchange())
+        assert got[0][0] == 0 and got[1][0] == 1
+    finally:
+        running.stop()
