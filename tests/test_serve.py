@@ -210,11 +210,16 @@ def test_serve_page_and_cli_errors(server, tmp_path):
     async def get(path: str) -> tuple[int, str]:
         async with aiohttp.ClientSession() as http:
             async with http.get(server.url + path) as r:
-                return r.status, await r.text()
+                return r.status, (await r.read()).decode("utf-8", errors="replace")
 
     status, html = asyncio.run(get(""))
     assert status == 200 and "api/chat" in asyncio.run(get("app.js"))[1] and "<html" in html.lower()
     assert asyncio.run(get("../../../../etc/passwd"))[0] in (403, 404)
+    # Works offline: nothing is fetched from another site (links to read are fine, scripts are not).
+    for name in ("index.html", "app.js", "style.css", "io-worklet.js"):
+        status, body = asyncio.run(get(name))
+        assert status == 200 and "http://" not in body and "https://" not in body, name
+    assert asyncio.run(get("vendor/decoderWorker.min.wasm"))[0] == 200
 
     def cli(*argv: str) -> tuple[int, str]:
         err = io.StringIO()

@@ -91,8 +91,18 @@ async def run_session(
         stats.seconds = time.monotonic() - started
     if not ws.closed:
         await _close(ws, closed.code, closed.message)
-    log.info("%s: conversation ended (%s): %s", peer, closed.message or "client left", stats.summary())
+    log.info("%s: conversation ended (%s): %s", peer, closed.message or "client left", summary(stats))
     return stats
+
+
+def summary(stats: DuplexStats) -> str:
+    """One line of a conversation's frame accounting (80 ms frames)."""
+    steps = np.array(stats.step_ms) if stats.step_ms else np.zeros(1)
+    return (
+        f"{stats.seconds:.1f} s: frames in {stats.frames_in}, processed {stats.frames_processed}, dropped (model "
+        f"behind) {stats.frames_dropped_in}, pending at the end {stats.frames_pending}; step ms median "
+        f"{np.median(steps):.1f} p95 {np.percentile(steps, 95):.1f}"
+    )
 
 
 async def _close(ws: web.WebSocketResponse, code: int, message: str | None) -> None:
