@@ -69,11 +69,15 @@ class LmGen:
             raise InvalidArgument(f"LmGen cannot stream this model: {unsupported}")
         self.compiled = compiled
         self.cfg_coef = float(cfg_coef)
-        sum_condition = _check_conditions(lm, conditions, batch_size, self.cfg_coef)
+        sum_condition, cross = _check_conditions(lm, conditions, batch_size, self.cfg_coef)
+        cross_kv = None
+        if cross is not None:  # the source's keys/values, once: constants of the frame graph
+            cross_kv = tuple(layer.cross_attention.source_kv(cross) for layer in lm.transformer.layers)
+            mx.eval(cross_kv)
         # Ring of max_delay + 2 token columns (torch `_LMGenState.cache`): enough for writes
         # up to max_delay steps ahead of the read position and reads max_delay behind.
         self._spec = FrameSpec(lm, self.text_sampler, self.audio_sampler, cfg.max_delay + 2,
-                               sum_condition=sum_condition, cfg_coef=self.cfg_coef)
+                               sum_condition=sum_condition, cfg_coef=self.cfg_coef, cross_kv=cross_kv)
         tcfg = cfg.transformer
         self._capacity = tcfg.context  # a ring of `context` positions; None: grows with the stream
         rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)  # CFG runs the model on 2B rows
@@ -178,8 +182,9 @@ class LmGen:
 
 def _check_conditions(
     lm: Lm, conditions: dict[str, Condition] | None, batch_size: int, cfg_coef: float
-) -> mx.array | None:
-    """The `[B', 1, D]` sum condition of `conditions` after checking them against the model and batch."""
+) -> tuple[mx.array | None, mx.array | None]:
+    """(`[B', 1, D]` sum condition, `[B', S, D]` cross-attention source) of `conditions`, checked
+    against the model and the batch."""
     if cfg_coef != 1.0 and lm.fuser is None:
         raise InvalidArgument("cfg_coef != 1 needs a conditioned model (this one has no conditions to contrast)")
     sum_condition, cross = lm.fuse(conditions)
@@ -190,7 +195,7 @@ def _check_conditions(
                 f"the conditions have {c.shape[0]} rows, expected {rows}"
                 + (" (classifier-free guidance takes the conditioned rows, then the contrast rows)" if cfg_coef != 1.0 else "")
             )
-    return sum_condition
+    return sum_condition, cross
 
 
 # Text-only generation with the LM's text stream (Helium, or Moshi with silent audio streams).

@@ -1,7 +1,8 @@
 """`LmGen` with conditions, classifier-free guidance and extra heads vs torch moshi's `LMGen`: greedy
 tokens equal for 100 steps, batch 1 and 2, on the scaled-down family members of test_conditioners
 (Hibiki with `cfg_coef` 3 and its "very_good"/"very_bad" contrast as Kyutai's run_inference builds it,
-Moshi with a summed condition, STT's end-of-speech heads through `step_with_extra_heads`)."""
+Moshi with a summed condition, TTS's cross-attention to speaker tensors with and without guidance,
+STT's end-of-speech heads through `step_with_extra_heads`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ STEPS = 100
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     built = {}
-    for name in ("hibiki", "moshi_conditioned", "stt"):
+    for name in ("hibiki", "moshi_conditioned", "stt", "tts"):
         model = build_torch(FAMILY[name], seed=1)
         folder = save_folder(model, FAMILY[name], tmp_path_factory.mktemp(name) / "model")
         built[name] = (model, load_lm(folder, dtype=mx.float32))
@@ -76,6 +77,21 @@ def test_conditioned_moshi_greedy_tokens_equal_torch(models):
     items = [{"description": "good"}, {"description": None}]
     ref, ours, _, _ = run_both(model, lm, items, 2, cfg_coef=1.0)
     np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("batch,cfg_coef", [(1, 1.0), (2, 2.0)])
+def test_tts_cross_attention_greedy_tokens_equal_torch(models, batch, cfg_coef):
+    """TTS's speaker embeddings through cross-attention (the contrast rows: absent conditions, as
+    Kyutai's TTS builds them), in the compiled frame."""
+    from test_conditioners import attributes
+
+    model, lm = models["tts"]
+    items = attributes("tts", batch, "none")
+    if cfg_coef != 1.0:
+        items = items + null_attributes(items)
+    ref, ours, _, _ = run_both(model, lm, items, batch, cfg_coef=cfg_coef)
+    np.testing.assert_array_equal(ours, ref)
+    assert len(np.unique(ref[:, :, 1:])) > 3  # no user stream: greedy settles, but not at once
 
 
 def test_stt_extra_heads_equal_torch(models):

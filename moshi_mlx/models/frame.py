@@ -35,6 +35,7 @@ class FrameSpec:
     # logit is `contrast + cfg_coef * (conditioned - contrast)`, as torch `LMGen`.
     sum_condition: mx.array | None = None
     cfg_coef: float = 1.0
+    cross_kv: tuple | None = None  # per temporal layer, the cross-attention source's (keys, values)
 
 
 def transposed_linear(lm: Lm) -> Linear:
@@ -60,8 +61,6 @@ def supports_compiled_frame(lm: Lm) -> str | None:
         return f"positional embedding {tcfg.positional_embedding!r}"
     if not tcfg.causal:
         return "the temporal transformer is not causal"
-    if tcfg.cross_attention:
-        return "the temporal transformer has cross-attention"
     return None
 
 
@@ -144,7 +143,8 @@ def moshi_frame(
     mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
     new_kv = []
     for i, layer in enumerate(lm.transformer.layers):
-        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin)
+        cross = None if spec.cross_kv is None else spec.cross_kv[i]
+        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin, cross)
         new_kv += [k_buf, v_buf]
     hidden = lm.out_norm(x)
     text_logits = _guided(lin(lm.text_linear, hidden), spec.cfg_coef, B)

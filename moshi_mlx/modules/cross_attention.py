@@ -15,6 +15,11 @@ import mlx.nn as nn
 from ..config import ConfigError, TransformerConfig
 
 
+# A cross-attention source `[B, S, D]`, or its keys and values per layer (`CrossAttention.source_kv`),
+# computed once outside a compiled graph (the compiled frame takes them as constants).
+CrossSource = mx.array | tuple[mx.array, mx.array]
+
+
 class _SourceKV:
     """The last source and its keys/values (a plain object: not parameters)."""
 
@@ -47,11 +52,14 @@ class CrossAttention(nn.Module):
         self._memo.source, self._memo.kv = source, (kv[0], kv[1])
         return kv[0], kv[1]
 
-    def __call__(self, x: mx.array, source: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, source: CrossSource) -> mx.array:
         d, H, Dh = self._dims
         B, T, _ = x.shape
         q = self.in_projs[0](x)[..., :d].reshape(B, T, H, Dh).transpose(0, 2, 1, 3)
-        k, v = self.source_kv(source.astype(x.dtype) if source.dtype != x.dtype else source)
+        if isinstance(source, tuple):
+            k, v = source
+        else:
+            k, v = self.source_kv(source.astype(x.dtype) if source.dtype != x.dtype else source)
         y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.out_projs[0](y.transpose(0, 2, 1, 3).reshape(B, T, d))
 
@@ -70,7 +78,7 @@ def add_cross_attention(layer: nn.Module, cfg: TransformerConfig) -> None:
         layer.layer_scale_cross = _Scale(cfg.d_model, cfg.layer_scale)
 
 
-def apply_cross_attention(layer: nn.Module, x: mx.array, source: mx.array | None) -> mx.array:
+def apply_cross_attention(layer: nn.Module, x: mx.array, source: CrossSource | None) -> mx.array:
     """`x + ls_cross(cross_attention(norm_cross(x), source))` for a layer made by `add_cross_attention`."""
     if source is None:
         raise ValueError("this transformer has cross-attention layers: a cross-attention source is required")

@@ -10,7 +10,7 @@ import mlx.nn as nn
 
 from ..config import TransformerConfig
 from .attention import Attention, Cache, apply_per_position, apply_rope
-from .cross_attention import add_cross_attention, apply_cross_attention
+from .cross_attention import CrossSource, add_cross_attention, apply_cross_attention
 from .kv_cache import KVCache, RingKVCache
 
 
@@ -189,13 +189,15 @@ class TransformerLayer(nn.Module):
             k = apply_rope(k, pos, self.cfg.max_period)
         return q, k, v
 
-    def _finish_one(self, x: mx.array, y: mx.array, w: int, linear: Linear) -> mx.array:
+    def _finish_one(self, x: mx.array, y: mx.array, w: int, linear: Linear, cross: CrossSource | None = None) -> mx.array:
         """`x` `[B, D]` plus the attention output `y` `[B, H, 1, Dh]`, then the feed-forward block."""
         cfg = self.cfg
         update = linear(self.self_attn.out_projs[w], y.reshape(x.shape[0], -1))
         if cfg.layer_scale is not None:
             update = self.layer_scale_1(update)
         x = x.astype(update.dtype) + update
+        if cfg.cross_attention:
+            x = apply_cross_attention(self, x[:, None], cross)[:, 0]
         h = self.norm2(x)
         if cfg.gating == "none":
             update = linear(self.linear2, nn.gelu(linear(self.linear1, h)))
@@ -209,7 +211,7 @@ class TransformerLayer(nn.Module):
 
     def step_into(
         self, x: mx.array, keys: mx.array, values: mx.array, pos: mx.array, slot: mx.array,
-        mask: mx.array | None, linear: Linear = call,
+        mask: mx.array | None, linear: Linear = call, cross: CrossSource | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """One position `pos` (array) of `x` `[B, D]` whose key/value go to slot `slot` (array) of the
         fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` `[1, S]`
@@ -217,7 +219,7 @@ class TransformerLayer(nn.Module):
         q, k, v = self._project_one(x, pos, 0, linear)
         keys = mx.slice_update(keys, k.astype(keys.dtype), slot, axes=(2,))
         values = mx.slice_update(values, v.astype(values.dtype), slot, axes=(2,))
-        return self._finish_one(x, self.self_attn.attend_one(q, keys, values, mask), 0, linear), keys, values
+        return self._finish_one(x, self.self_attn.attend_one(q, keys, values, mask), 0, linear, cross), keys, values
 
     def step_in_frame(
         self, x: mx.array, keys: list[mx.array], values: list[mx.array], index: int, linear: Linear = call
