@@ -130,3 +130,14 @@ def test_cli_writes_subtitles_and_refuses_other_models(stt_folder, speech, tmp_p
     assert "this is a hibiki model, not a speech-to-text one; use `moshi-mlx translate`" in capsys.readouterr().err
     with pytest.raises(InvalidArgument, match="not a speech-to-text one"):
         list(transcribe(np.zeros(24000, np.float32), load_pretrained(moshi, mimi_backend="mlx")))
+
+
+def test_make_tiny_builds_an_stt_model(tmp_path, capsys):
+    from moshi_mlx.cli.make_tiny import main as make_tiny
+
+    make_tiny([str(tmp_path / "stt"), "--kind", "stt"])
+    lm = load_pretrained(tmp_path / "stt", mimi_backend="mlx").lm
+    assert lm.cfg.raw["model_type"] == "stt" and lm.cfg.dep_q == 0 and lm.cfg.extra_heads_num_heads == 4
+    with pytest.raises(SystemExit):
+        make_tiny([str(tmp_path / "x"), "--kind", "stt", "--full-mimi"])
+    assert "--full-mimi is for --kind moshi" in capsys.readouterr().err

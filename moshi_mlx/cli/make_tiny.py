@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..errors import InvalidArgument
 from .common import ArgumentParser, run
 
 PROG = "moshi-mlx make-tiny"
@@ -15,7 +16,8 @@ def configure_parser() -> ArgumentParser:
         description="Build a tiny random Moshi model folder in Kyutai's repo layout (a few MB, seconds, no\n"
         "download): every command and the Python API accept it as --model. Its answers are noise, not speech.",
         epilog="example:\n  moshi-mlx make-tiny ./tiny-moshi\n"
-        "  moshi-mlx run question.wav answer.wav --model ./tiny-moshi",
+        "  moshi-mlx run question.wav answer.wav --model ./tiny-moshi\n"
+        "  moshi-mlx make-tiny ./tiny-stt --kind stt && moshi-mlx transcribe talk.wav --model ./tiny-stt",
     )
     parser.add_argument("out_dir", help="output folder (must not exist or be empty)")
     parser.add_argument(
@@ -24,6 +26,8 @@ def configure_parser() -> ArgumentParser:
         "can run too; default: a small Mimi that only --mimi-backend mlx runs",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of all the weights")
+    parser.add_argument("--kind", choices=["moshi", "stt"], default="moshi",
+                        help="moshi: the speech dialogue model; stt: a Kyutai STT-like model for `transcribe`")
     return parser
 
 
@@ -32,9 +36,15 @@ def main(argv: list[str] | None = None) -> None:
 
     def build() -> None:
         from ..weights.tiny import make_tiny_model
+        from ..weights.tiny_family import make_tiny_stt
 
         start = time.perf_counter()
-        out = make_tiny_model(args.out_dir, full_mimi=args.full_mimi, seed=args.seed)
+        if args.kind == "stt":
+            if args.full_mimi:
+                raise InvalidArgument("--full-mimi is for --kind moshi")
+            out = make_tiny_stt(args.out_dir, seed=args.seed)
+        else:
+            out = make_tiny_model(args.out_dir, full_mimi=args.full_mimi, seed=args.seed)
         print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
     run(PROG, build)

@@ -23,7 +23,7 @@ def configure_parser() -> ArgumentParser:
         "  moshi-mlx transcribe talk.wav                          # text on stdout, word by word\n"
         "  moshi-mlx transcribe talk.wav --format srt -o talk.srt  # subtitles\n"
         "  moshi-mlx transcribe talk.mp3 --json > talk.json        # words with start/end seconds\n"
-        "  moshi-mlx make-tiny ./tiny && moshi-mlx transcribe talk.wav --model ./tiny-stt  # (see make-tiny --kind)",
+        "  moshi-mlx make-tiny ./tiny-stt --kind stt && moshi-mlx transcribe talk.wav --model ./tiny-stt  # offline",
     )
     parser.add_argument("input", help="the audio file")
     parser.add_argument("--model", default=DEFAULT_STT, help="an STT model: Hugging Face repo, folder or weights file")
