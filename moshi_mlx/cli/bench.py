@@ -51,12 +51,12 @@ def bench_configs() -> dict[str, dict]:
 
 def parse_precision(name: str) -> tuple[str, int | None]:
     """"fp32"/"bf16"/"fp16" -> (dtype, None); "q8"/"q4" -> ("bf16", bits); "fp32+q4" -> ("fp32", 4)."""
-    dtype, _, quant = name.rpartition("+") if "+" in name else ("bf16" if name[:1] == "q" else name, "", "")
-    if "+" not in name and name[:1] == "q":
-        quant = name
-    if dtype in DTYPES and (not quant or quant in ("q8", "q4")):
+    dtype, _, quant = name.rpartition("+")
+    if not dtype:  # no "+": a dtype alone, or qN computing in bf16
+        dtype, quant = (name, "") if name in DTYPES else ("bf16", name)
+    if dtype in DTYPES and quant in ("", "q8", "q4"):
         return dtype, int(quant[1]) if quant else None
-    raise InvalidArgument(f"unknown precision {name!r} (choose from {', '.join(PRECISIONS)})")
+    raise InvalidArgument(f"unknown precision {name!r} (choose from {', '.join(PRECISIONS)}, or DTYPE+q8/q4)")
 
 
 def kyutai_env(kyutai_path: str | None) -> dict[str, str]:
@@ -132,7 +132,7 @@ def machine() -> tuple[str, str]:
 
 
 def bench_case(config: str, precision: str, group_size: int | None, steps: int, warmup: int, rounds: int,
-               kyutai_python: str | None, kyutai_path: str | None, mimi: bool = True) -> dict:
+               kyutai_python: str | None, kyutai_path: str | None, mimi: bool = True, uncompiled: bool = True) -> dict:
     """Measures one (config, precision): all sides, `rounds` interleaved rounds."""
     configs = bench_configs()
     if config not in configs:
@@ -143,7 +143,7 @@ def bench_case(config: str, precision: str, group_size: int | None, steps: int, 
     base = dict(config=configs[config], dtype=mx_dtype, bits=bits, group_size=group_size, steps=steps,
                 warmup=warmup, component_steps=max(3, steps // 2), mimi=mimi)
     sides = {"ours": dict(side="ours", compiled=True if compiled_switch() else None)}
-    if sides["ours"]["compiled"]:
+    if sides["ours"]["compiled"] and uncompiled:
         sides["ours-uncompiled"] = dict(side="ours", compiled=False)
     if kyutai_python:
         sides["kyutai"] = dict(side="kyutai")
@@ -177,11 +177,11 @@ def bench_case(config: str, precision: str, group_size: int | None, steps: int, 
 
 def run_bench(configs: list[str], precisions: list[str], group_size: int | None = None, steps: int = 20,
               warmup: int = 3, rounds: int = 3, kyutai_python: str | None = None, kyutai_path: str | None = None,
-              mimi: bool = True) -> dict:
+              mimi: bool = True, uncompiled: bool = True) -> dict:
     """Every (config, precision) case, plus where and when it ran."""
     name, backend = machine()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    cases = [bench_case(c, p, group_size, steps, warmup, rounds, kyutai_python, kyutai_path, mimi)
+    cases = [bench_case(c, p, group_size, steps, warmup, rounds, kyutai_python, kyutai_path, mimi, uncompiled)
              for c in configs for p in precisions]
     return {"machine": name, "backend": backend, "date": date, "cases": cases}
 
@@ -244,6 +244,8 @@ def configure_parser() -> ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per implementation")
     p.add_argument("--no-mimi", action="store_true", help="skip timing Mimi encode/decode")
+    p.add_argument("--no-uncompiled", action="store_true",
+                   help="time only our default (compiled) LmGen, not also its uncompiled path")
     p.add_argument("--kyutai-python", default=os.environ.get("MOSHI_MLX_KYUTAI_PYTHON"),
                    help="python that imports Kyutai's moshi_mlx==0.3.0, e.g. the venv benchmarks/make_kyutai_venv.sh "
                    "builds (env MOSHI_MLX_KYUTAI_PYTHON); without it only ours is timed")
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
             raise InvalidArgument("--steps and --rounds must be >= 1, --warmup >= 0")
         result = run_bench(configs, precisions, args.group_size, args.steps, args.warmup, args.rounds,
-                           args.kyutai_python, args.kyutai_path, not args.no_mimi)
+                           args.kyutai_python, args.kyutai_path, not args.no_mimi, not args.no_uncompiled)
         if args.json:
             print(json.dumps(result, indent=2))
         elif args.table:

@@ -397,8 +397,8 @@ def bandwidth(args: dict) -> dict:
     cols = 4096 if args["bytes"] >= 2**26 else 1024
     per_row = cols * (bits / 8 + 2 * 2 / group if bits else dtype.size)  # packed + scales/biases
     rows = max(group or 1, int(args["bytes"] / per_row) // 64 * 64 or 64)
-    w = mx.random.normal((rows, cols)).astype(dtype)
-    x = mx.random.normal((1, cols)).astype(dtype)
+    w = mx.random.normal((rows, cols), dtype=dtype)
+    x = mx.random.normal((1, cols), dtype=dtype)
     if bits:
         wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
         del w
