@@ -233,3 +233,31 @@ run_dir: ""
     (tmp_path / "bad.yaml").write_text("optim:\n  lrr: 1\n")
     with pytest.raises(TrainConfigError, match="bad.yaml: unknown configuration key 'optim.lrr'"):
         load_yaml(tmp_path / "bad.yaml")
+
+
+def test_qlora_trains_on_a_q4_base_and_streams_with_its_adapter(tiny, dataset, tmp_path):
+    from moshi_mlx.generate import LmGen
+    from moshi_mlx.modules.lora import lora_modules
+    from moshi_mlx.sampling import make_sampler
+    from moshi_mlx.weights.load import load_lm
+    from moshi_mlx.weights.pretrained import load_pretrained
+    from moshi_mlx.weights.quantize import quantize_lm
+    from moshi_mlx.weights.save import save_lm
+
+    result = finetune(config(tiny, dataset, tmp_path / "run", max_steps=2, quantize=4))
+    assert all(np.isfinite(log.loss) for log in result.logs)
+    q4 = load_lm(tiny)
+    quantize_lm(q4, 4)
+    pre = load_pretrained(tiny)
+    files = [pre.files.tokenizer, pre.files.mimi, pre.files.mimi_config_file]
+    save_lm(q4, tmp_path / "q4", extra_files=[f for f in files if f is not None])
+
+    def stream(adapter) -> list:
+        lm = load_pretrained(tmp_path / "q4", adapter=adapter).lm
+        if adapter is not None:
+            assert lora_modules(lm)  # kept beside the quantized base, and LmGen calls them
+        gen = LmGen(lm, make_sampler(temp=0.0), make_sampler(temp=0.0))
+        steps = [gen.step(mx.zeros((1, 8), dtype=mx.int32)) for _ in range(6)]
+        return [np.array(s).tolist() for s in steps if s is not None]
+
+    assert stream(result.checkpoints[-1]) != stream(None)
