@@ -261,3 +261,12 @@ def test_qlora_trains_on_a_q4_base_and_streams_with_its_adapter(tiny, dataset, t
         return [np.array(s).tolist() for s in steps if s is not None]
 
     assert stream(result.checkpoints[-1]) != stream(None)
+
+
+def test_memory_check_refuses_before_training(tiny, dataset, tmp_path, monkeypatch):
+    from moshi_mlx.train import finetune as finetune_mod
+
+    monkeypatch.setattr(finetune_mod, "available_memory", lambda: 2**20)
+    with pytest.raises(finetune_mod.MemoryCheckError, match=r"a step needs about .* GiB but 0.00 GiB is available"):
+        finetune(config(tiny, dataset, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
