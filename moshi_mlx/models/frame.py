@@ -15,6 +15,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..modules.attention import rope_rotation
 from ..modules.transformer import Linear, call, sin_embedding
 from .lm import Lm
 
@@ -141,10 +142,15 @@ def moshi_frame(
     if tcfg.positional_embedding == "sin":
         x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
     mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
+    # On the CPU backend `mx.fast.rope` becomes ~15 graph nodes per call: one rotation matrix per
+    # frame, applied by a matrix product, replaces them (equal results; GPUs keep the fused kernel).
+    rotation = None
+    if tcfg.positional_embedding == "rope" and mx.default_device().type == mx.cpu:
+        rotation = rope_rotation(step, tcfg.head_dim, tcfg.max_period)
     new_kv = []
     for i, layer in enumerate(lm.transformer.layers):
         cross = None if spec.cross_kv is None else spec.cross_kv[i]
-        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin, cross)
+        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin, cross, rotation)
         new_kv += [k_buf, v_buf]
     hidden = lm.out_norm(x)
     text_logits = _guided(lin(lm.text_linear, hidden), spec.cfg_coef, B)

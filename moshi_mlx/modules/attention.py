@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import mlx.core as mx
@@ -17,6 +18,23 @@ def apply_rope(x: mx.array, offset: int, max_period: float) -> mx.array:
     """Rotates interleaved pairs (x[2i], x[2i+1]) of `x` [B, H, T, D] by angle
     `(offset + t) * max_period^(-2i/D)` (torch moshi "rope", `interleave=True`)."""
     return mx.fast.rope(x, x.shape[-1], traditional=True, base=max_period, scale=1.0, offset=offset)
+
+
+def rope_rotation(position: int | mx.array, dims: int, max_period: float) -> mx.array:
+    """`[dims, dims]` fp32 matrix R with `x @ R` = `apply_rope` of `x` at `position` (block-diagonal 2x2
+    rotations): one matrix product per query/key instead of the many nodes `mx.fast.rope` becomes on
+    the CPU backend; built once per frame and shared by every layer."""
+    half = dims // 2
+    angle = mx.array(position).astype(mx.float32) * mx.exp(mx.arange(half, dtype=mx.float32) * (-math.log(max_period) / half))
+    cos, sin = mx.repeat(mx.cos(angle), 2)[None, :], mx.repeat(mx.sin(angle), 2)[None, :]
+    odd = mx.arange(dims) % 2
+    swap = (mx.arange(dims)[:, None] == (mx.arange(dims) + 1 - 2 * odd)[None, :]).astype(mx.float32)
+    return mx.eye(dims) * cos + swap * (2 * odd[:, None] - 1).astype(mx.float32) * -sin
+
+
+def rotate(x: mx.array, rotation: mx.array) -> mx.array:
+    """`x` `[..., dims]` times a `rope_rotation`, computed in fp32 and returned in `x`'s dtype."""
+    return (x.astype(mx.float32) @ rotation).astype(x.dtype)
 
 
 def apply_per_position(

@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import TransformerConfig
-from .attention import Attention, Cache, apply_per_position, apply_rope
+from .attention import Attention, Cache, apply_per_position, apply_rope, rotate
 from .cross_attention import CrossSource, add_cross_attention, apply_cross_attention
 from .kv_cache import KVCache, RingKVCache
 
@@ -179,12 +179,18 @@ class TransformerLayer(nn.Module):
     # One position as `[B, D]` (the compiled frame): the fewest graph nodes, Linear layers applied
     # through `linear(module, x)` (e.g. with pre-transposed weights).
 
-    def _project_one(self, x: mx.array, pos: int | mx.array, w: int, linear: Linear) -> tuple[mx.array, ...]:
+    def _project_one(
+        self, x: mx.array, pos: int | mx.array, w: int, linear: Linear, rotation: mx.array | None = None
+    ) -> tuple[mx.array, ...]:
+        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE as `rotation` (`rope_rotation`
+        of `pos`) when given, else `mx.fast.rope`."""
         attn = self.self_attn
         B, H, Hk, Dh = x.shape[0], attn._heads, attn._kv_heads, attn._head_dim
         q, k, v = mx.split(linear(attn.in_projs[w], self.norm1(x)), [H * Dh, (H + Hk) * Dh], axis=-1)
         q, k, v = q.reshape(B, H, 1, Dh), k.reshape(B, Hk, 1, Dh), v.reshape(B, Hk, 1, Dh)
-        if attn._rope:
+        if attn._rope and rotation is not None:
+            q, k = rotate(q, rotation), rotate(k, rotation)
+        elif attn._rope:
             q = apply_rope(q, pos, self.cfg.max_period)
             k = apply_rope(k, pos, self.cfg.max_period)
         return q, k, v
@@ -212,11 +218,13 @@ class TransformerLayer(nn.Module):
     def step_into(
         self, x: mx.array, keys: mx.array, values: mx.array, pos: mx.array, slot: mx.array,
         mask: mx.array | None, linear: Linear = call, cross: CrossSource | None = None,
+        rotation: mx.array | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """One position `pos` (array) of `x` `[B, D]` whose key/value go to slot `slot` (array) of the
         fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` `[1, S]`
-        allows (None: every slot). Returns (output, keys, values); a pure function of its inputs."""
-        q, k, v = self._project_one(x, pos, 0, linear)
+        allows (None: every slot); `rotation`: RoPE of `pos` as a matrix (see `_project_one`).
+        Returns (output, keys, values); a pure function of its inputs."""
+        q, k, v = self._project_one(x, pos, 0, linear, rotation)
         keys = mx.slice_update(keys, k.astype(keys.dtype), slot, axes=(2,))
         values = mx.slice_update(values, v.astype(values.dtype), slot, axes=(2,))
         return self._finish_one(x, self.self_attn.attend_one(q, keys, values, mask), 0, linear, cross), keys, values
