@@ -75,6 +75,14 @@ def build_torch(config: dict, seed: int = 0):
     return model
 
 
+def as_kyutai_loads_it(model, config: dict):
+    """What Kyutai's `CheckpointInfo.get_moshi` changes after loading: Hibiki's EOS embedding := PAD's."""
+    if config.get("model_type") == "hibiki":
+        with torch.no_grad():
+            model.text_emb.weight.data[2] = model.text_emb.weight.data[3]
+    return model
+
+
 def save_folder(model, config: dict, folder):
     from safetensors.torch import save_file
 
@@ -132,7 +140,7 @@ def member(request, tmp_path_factory):
     name = request.param
     model = build_torch(FAMILY[name])
     folder = save_folder(model, FAMILY[name], tmp_path_factory.mktemp(name) / "model")
-    return name, model, load_lm(folder, dtype=mx.float32)
+    return name, as_kyutai_loads_it(model, FAMILY[name]), load_lm(folder, dtype=mx.float32)
 
 
 @pytest.mark.parametrize("batch,absent", [(1, "none"), (2, "mixed"), (2, "all")])
@@ -240,3 +248,18 @@ def test_conditioned_weights_survive_our_format_and_kyutai_mlx_names(member, tmp
                 kyutai[f"{theirs}.{key.rpartition('.')[2]}"] = value
     loaded = dict(tree_flatten(build_lm(kyutai, lm.cfg, "kyutai-mlx", mx.float32).parameters()))
     assert loaded.keys() == ours.keys() and all(mx.array_equal(loaded[k], ours[k]).item() for k in ours)
+
+
+def test_hibiki_reads_an_early_eos_as_padding(member):
+    """Kyutai's loader gives Hibiki's text EOS (2) the embedding of PAD (3); ours does too, and only for Hibiki."""
+    name, model, lm = member
+    rows = np.array(lm.text_emb.weight[2:4])
+    assert np.array_equal(rows[0], rows[1]) == (name == "hibiki")
+    if name == "hibiki":  # the file has distinct rows; the torch reference got the change after saving
+        codes = np.full((1, 1 + lm.cfg.n_q, 4), 5)
+        codes[0, 0] = 2  # EOS on the text stream
+        items = attributes(name, 1, "none")
+        with torch.no_grad():
+            ref = model(torch.tensor(codes), condition_tensors=torch_conditions(model, items)).text_logits.numpy()
+        ours = np.array(lm(mx.array(codes), lm.conditions(items)).text_logits)
+        assert np.abs(ours - ref)[~np.isnan(ref)].max() <= 1e-4

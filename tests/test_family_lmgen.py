@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import require
-from test_conditioners import FAMILY, build_torch, save_folder, torch_conditions
+from test_conditioners import FAMILY, as_kyutai_loads_it, build_torch, save_folder, torch_conditions
 
 from moshi_mlx.errors import InvalidArgument
 from moshi_mlx.generate import LmGen
@@ -30,7 +30,7 @@ def models(tmp_path_factory):
     for name in ("hibiki", "moshi_conditioned", "stt", "tts"):
         model = build_torch(FAMILY[name], seed=1)
         folder = save_folder(model, FAMILY[name], tmp_path_factory.mktemp(name) / "model")
-        built[name] = (model, load_lm(folder, dtype=mx.float32))
+        built[name] = (as_kyutai_loads_it(model, FAMILY[name]), load_lm(folder, dtype=mx.float32))
     return built
 
 

@@ -79,7 +79,19 @@ def build_lm(
     if quant is not None:
         quantize_for_weights(model, weights, *quant)
     strict_load(model, weights, source, origin, spell_missing=spell_missing)
+    if cfg.raw.get("model_type") == "hibiki":
+        _eos_reads_as_padding(model)
     return model
+
+
+def _eos_reads_as_padding(model: Lm) -> None:
+    """Hibiki: the text EOS (2) gets the input embedding of PAD (3), as Kyutai's loader does
+    (`CheckpointInfo.get_moshi`), so that an EOS sampled before the input ends reads as padding."""
+    emb = model.text_emb
+    for name in ("weight", "scales", "biases"):  # a quantized table's rows move with their scales
+        if name in emb:
+            rows = emb[name]
+            emb[name] = mx.concatenate([rows[:2], rows[3:4], rows[3:]])
 
 
 def load_lm(
