@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from conftest import require, unavailable
 
-from moshi_mlx.audio.transcribe import SKIPPED, Transcriber, Word, format_words, padded_frames, transcribe
+from moshi_mlx.audio.transcribe import (
+    SKIPPED, Transcriber, Word, format_words, padded_frames, transcribe, turn_ends,
+)
 from moshi_mlx.cli.transcribe import main
 from moshi_mlx.errors import InvalidArgument
 from moshi_mlx.hub import MIMI_NAME, TOKENIZER_NAME
@@ -96,9 +98,15 @@ def test_words_and_timing_match_torch_run_inference(stt_folder, speech):
     transcriber = Transcriber(pretrained.lm, pretrained.mimi, pretrained.tokenizer)
     ours = [t for _, t in transcriber.tokens(padded_frames(pcm, transcriber.prefix, transcriber.delay))]
     assert ours == torch_tokens[1:]
+    assert len(transcriber.turn_probability) == len(ours)  # P(end of turn) per step (head 2, checked in test_family_lmgen)
     assert any(t not in SKIPPED for t in ours)
     starts = [w.start for w in words]
     assert starts == sorted(starts) and all(0 <= w.start <= w.end <= len(pcm) / 24000 for w in words)
+
+
+def test_turn_ends_are_rising_edges():
+    probs = [(0.0, 0.1), (0.08, 0.7), (0.16, 0.9), (0.24, 0.2), (0.32, 0.6)]
+    assert turn_ends(probs) == [0.08, 0.32]
 
 
 def test_formats():
@@ -118,7 +126,8 @@ def test_cli_writes_subtitles_and_refuses_other_models(stt_folder, speech, tmp_p
     main([str(speech), "--model", str(stt_folder), "--format", "srt", "-o", str(out)])
     assert out.read_text().startswith("1\n00:")
     main([str(speech), "--model", str(stt_folder), "--json"])
-    assert json.loads(capsys.readouterr().out)["words"]
+    data = json.loads(capsys.readouterr().out)
+    assert data["words"] and isinstance(data["end_of_turn"], list)  # the tiny STT has Kyutai's 4 extra heads
     moshi = tmp_path / "moshi"
     moshi.mkdir()
     for f in stt_folder.iterdir():

@@ -6,6 +6,10 @@ Pipeline, as torch's for `model_type == "stt"`: the audio (mono, 24 kHz) gets `s
 so that it is not replaced by the initial tokens); the text tokens other than end-padding (0) and
 padding (3) are the transcript, each piece's "▁" a space.
 
+End of turn: with Kyutai STT's extra heads, head 2's first output is the probability that the
+speaker's turn has ended (what Kyutai's examples read as `vad_heads[2][0, 0, 0]`, "end of turn" above
+0.5); `Transcriber.turn_probability` keeps it per frame, dated like the text.
+
 Timing: the STT model writes the text of the audio at time t about `audio_delay_seconds` later. A
 text token produced for frame `n` of the padded stream (the frame the model had just heard) is dated
 `n * 0.08 - prefix - delay` seconds into the input; a word starts at its first piece's date and ends
@@ -34,6 +38,7 @@ from .io import SAMPLE_RATE, read_audio
 FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
 # Text tokens that are not text: end of padding (0) and padding (3) (`existing_text_*padding_id`).
 SKIPPED = (0, 3)
+END_OF_TURN_HEAD = 2  # Kyutai STT's extra head whose first output is P(end of turn)
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,14 @@ class Transcriber:
         self.lm, self.mimi, self.tokenizer = lm, mimi, tokenizer
         self.lm_gen = LmGen(lm, text_sampler=make_sampler(temp, 25 if temp else 0), batch_size=1, seed=seed)
         self.n_in = lm.cfg.n_q
+        self.turn_probability: list[tuple[float, float]] = []  # (seconds into the input, P(end of turn))
 
     def tokens(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, int]]:
         """(padded frame index, text token) for every step that returns a token, padding included."""
         self.lm_gen.reset()
         self.mimi.reset()
+        self.turn_probability = []
+        heads = self.lm.cfg.extra_heads_num_heads > END_OF_TURN_HEAD
         first, lag = True, self.lm.cfg.max_delay  # a token returned at frame n is frame n - max_delay's
         for n, frame in enumerate(frames):
             codes = self.mimi.encode_step(mx.array(frame)[None, None])[:, : self.n_in]
@@ -87,6 +95,9 @@ class Transcriber:
                 first = False
             out = self.lm_gen.step(codes)
             if out is not None:
+                if heads:
+                    p = float(self.lm_gen.extra_heads[END_OF_TURN_HEAD][0, 0])
+                    self.turn_probability.append(((n - lag) * FRAME_SECONDS - self.prefix - self.delay, p))
                 yield n - lag, int(np.array(out)[0, 0])
 
     def words(self, pcm: np.ndarray) -> Iterator[Word]:
@@ -142,6 +153,16 @@ def transcribe(
     yield from Transcriber(pretrained.lm, pretrained.mimi, pretrained.tokenizer, temp, seed).words(pcm)
 
 
+def turn_ends(probability: list[tuple[float, float]], threshold: float = 0.5) -> list[float]:
+    """Times where P(end of turn) rises above `threshold` (from `Transcriber.turn_probability`)."""
+    ends, above = [], False
+    for t, p in probability:
+        if p > threshold and not above:
+            ends.append(round(max(t, 0.0), 3))
+        above = p > threshold
+    return ends
+
+
 # --------------------------------------------------------------------------------------------------
 # Output formats
 
@@ -165,15 +186,19 @@ def cues(words: list[Word], max_words: int = 8, max_gap: float = 1.0) -> list[li
     return out
 
 
-def format_words(words: list[Word], fmt: str, timestamps: bool = False) -> str:
-    """`words` as "text" (one line; with `timestamps`, each word followed by [start-end]), "srt", "vtt" or "json"."""
+def format_words(words: list[Word], fmt: str, timestamps: bool = False, turn_ends: list[float] | None = None) -> str:
+    """`words` as "text" (one line; with `timestamps`, each word followed by [start-end]), "srt", "vtt" or
+    "json" (with `turn_ends`, the end-of-turn times, when the model has the heads)."""
     if fmt == "text":
         if timestamps:
             return " ".join(f"{w.text} [{w.start:.2f}-{w.end:.2f}]" for w in words) + "\n"
         return " ".join(w.text for w in words) + "\n"
     if fmt == "json":
         text = " ".join(w.text for w in words)
-        return json.dumps({"text": text, "words": [asdict(w) for w in words]}, ensure_ascii=False, indent=2) + "\n"
+        data: dict[str, Any] = {"text": text, "words": [asdict(w) for w in words]}
+        if turn_ends is not None:
+            data["end_of_turn"] = turn_ends
+        return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
     if fmt in ("srt", "vtt"):
         sep = "," if fmt == "srt" else "."
         blocks = []

@@ -22,7 +22,7 @@ def configure_parser() -> ArgumentParser:
         epilog="examples:\n"
         "  moshi-mlx transcribe talk.wav                          # text on stdout, word by word\n"
         "  moshi-mlx transcribe talk.wav --format srt -o talk.srt  # subtitles\n"
-        "  moshi-mlx transcribe talk.mp3 --json > talk.json        # words with start/end seconds\n"
+        "  moshi-mlx transcribe talk.mp3 --json > talk.json        # words with start/end seconds, end of turns\n"
         "  moshi-mlx make-tiny ./tiny-stt --kind stt && moshi-mlx transcribe talk.wav --model ./tiny-stt  # offline",
     )
     parser.add_argument("input", help="the audio file")
@@ -40,7 +40,7 @@ def configure_parser() -> ArgumentParser:
 
 def _transcribe(args) -> None:
     from ..audio.io import read_audio
-    from ..audio.transcribe import Transcriber, format_words, stt_settings
+    from ..audio.transcribe import Transcriber, format_words, stt_settings, turn_ends
     from ..files import atomic_write
     from ..weights.common import parse_dtype
     from ..weights.pretrained import load_pretrained
@@ -51,14 +51,16 @@ def _transcribe(args) -> None:
     pcm = read_audio(args.input)
     words = []
     live = fmt == "text" and not args.timestamps and args.output is None
-    for word in Transcriber(pretrained.lm, pretrained.mimi, pretrained.tokenizer, args.temp, args.seed).words(pcm):
+    transcriber = Transcriber(pretrained.lm, pretrained.mimi, pretrained.tokenizer, args.temp, args.seed)
+    for word in transcriber.words(pcm):
         words.append(word)
         if live:
             print(("" if len(words) == 1 else " ") + word.text, end="", flush=True)
     if live:
         print()
         return
-    text = format_words(words, fmt, args.timestamps)
+    ends = turn_ends(transcriber.turn_probability) if transcriber.turn_probability else None
+    text = format_words(words, fmt, args.timestamps, ends)
     if args.output is None:
         sys.stdout.write(text)
     else:
