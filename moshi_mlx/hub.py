@@ -23,7 +23,8 @@ from .config import ConfigError, LmConfig, MimiConfig, read_config
 from .errors import MoshiError
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
-LM_NAMES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
+# The last: an HF transformers checkpoint in shards (`save_pretrained` of a large model), read whole.
+LM_NAMES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors", "model.safetensors.index.json")
 TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 CONFIG_NAME = "config.json"
@@ -253,4 +254,12 @@ def _from_repo(repo: str, lm_name: str | None, require: tuple[str, ...], cache_d
         extra += [str(mimi_config)] if mimi_config else []
         if extra:
             folder = _snapshot(repo, patterns + extra, cache_dir)
+            patterns += extra
+    index = folder / LM_NAMES[-1]
+    if index.is_file() and not (folder / LM_NAMES[0]).is_file():  # fetch the shards the index names
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFileError(index, f"not a safetensors index (no weight_map: {e})") from e
+        folder = _snapshot(repo, patterns + shards, cache_dir)
     return _from_folder(folder, lm_name, require, f"{repo} ({folder})")

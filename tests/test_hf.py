@@ -206,3 +206,20 @@ def test_an_hf_folder_runs_as_a_whole_model(tiny, tmp_path):
     assert theirs.tokenizer.vocab_size == ours.tokenizer.vocab_size
     with pytest.raises(BackendError, match="rustymimi cannot read the HF layout's Mimi"):
         load_pretrained(hf_dir, mimi_backend="rust")
+
+
+def test_sharded_hf_checkpoint_loads_whole(reference, tmp_path):
+    """Large HF models are saved in shards (`model.safetensors.index.json`); they load like one file."""
+    folder = tmp_path / "sharded"
+    reference.save_pretrained(folder, max_shard_size="300KB")
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
+    lm = load_lm(folder, dtype=mx.float32)
+    tokens = random_tokens(lm.cfg, B=1, T=5)
+    assert np.abs(np.array(lm.forward_text(mx.array(tokens))[1]) - hf_forward(reference, tokens).logits.numpy()).max() <= 1e-4
+    index = folder / "model.safetensors.index.json"
+    raw = json.loads((folder / "config.json").read_text())
+    load_mimi(*hf_mimi(index, raw, "sharded"))  # the Mimi comes out of the shards too
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(WeightsError, match=rf"{shard.name}: no such file"):
+        load_lm(folder)

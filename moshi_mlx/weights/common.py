@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -36,6 +37,8 @@ def read_safetensors(path: str | Path, what: str = "a model weights file") -> di
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
+    if path.name.endswith(".safetensors.index.json"):
+        return _read_shards(path, what)
     try:
         check_safetensors(path, what)
     except ModelFileError as e:
@@ -45,6 +48,23 @@ def read_safetensors(path: str | Path, what: str = "a model weights file") -> di
     except Exception as e:  # MLX raises RuntimeError/ValueError with multi-line messages
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: not a readable safetensors file ({reason})") from e
+
+
+def _read_shards(index: Path, what: str) -> dict[str, mx.array]:
+    """Every tensor of a sharded checkpoint (`model.safetensors.index.json` and the shards it names)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from e
+    out: dict[str, mx.array] = {}
+    for shard in shards:
+        tensors = read_safetensors(index.parent / shard, what)
+        for key in (k for k, s in weight_map.items() if s == shard):
+            if key not in tensors:
+                raise WeightsError(f"{index.parent / shard}: missing key {key!r} (listed in {index.name})")
+            out[key] = tensors[key]
+    return out
 
 
 def strict_load(
