@@ -27,6 +27,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="LM compute dtype (default: the checkpoint's, bf16 for published models)")
+    g.add_argument("--adapter", default=None,
+                   help="a fine-tune to apply: a `moshi-mlx finetune` checkpoint folder (RUN/checkpoints/"
+                   "checkpoint_N), a moshi-finetune one, or a lora.safetensors (torch moshi's LoRA names)")
 
     s = p.add_argument_group("sampling (Kyutai's defaults; temperature 0 means greedy)")
     d = SamplingParams()
@@ -57,4 +60,6 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 def load_conversation(args: argparse.Namespace) -> Conversation:
     """Loads the model the parsed options name, ready for `Conversation.step`."""
     sampling = sampling_params(args)  # bad values fail here, before any download
-    return Conversation.from_pretrained(args.model, args.mimi_backend, parse_dtype(args.dtype), sampling)
+    return Conversation.from_pretrained(
+        args.model, args.mimi_backend, parse_dtype(args.dtype), sampling, adapter=getattr(args, "adapter", None)
+    )

@@ -10,21 +10,31 @@ from .common import DEBUG_ENV, EXIT_INTERRUPTED, fail, set_debug
 # Command name -> module with `main(argv)`. Add new commands here.
 COMMANDS: dict[str, str] = {
     "chat": "moshi_mlx.cli.chat",
+    "serve": "moshi_mlx.cli.serve",
     "run": "moshi_mlx.cli.run",
     "convert": "moshi_mlx.cli.convert",
     "quantize": "moshi_mlx.cli.quantize",
     "bench": "moshi_mlx.cli.bench",
     "make-tiny": "moshi_mlx.cli.make_tiny",
+    "finetune": "moshi_mlx.cli.finetune",
+    "fuse": "moshi_mlx.cli.fuse",
+    "transcribe": "moshi_mlx.cli.transcribe",
+    "translate": "moshi_mlx.cli.translate",
 }
 
 # One line per command for `moshi-mlx --help` (a command without one shows its module's first line).
 SUMMARIES: dict[str, str] = {
     "chat": "talk with Moshi live through the microphone and speakers (use headphones)",
+    "serve": "talk with Moshi in the browser (our page, or Kyutai's client; no headphones needed)",
     "run": "Moshi answers a recorded audio file: writes its voice to a wav and prints its text",
     "convert": "convert an LM checkpoint (Kyutai torch or MLX, ours) to our format, optionally quantized",
     "quantize": "quantize an unquantized LM checkpoint to 4 or 8 bits into a new folder",
     "bench": "time the streaming LM step (ours, and Kyutai's moshi_mlx when given its venv)",
     "make-tiny": "build a tiny random model folder (a few MB, seconds) to try every command offline",
+    "finetune": "fine-tune Moshi on your stereo dialogues (LoRA, QLoRA or full; moshi-finetune's data format)",
+    "fuse": "merge a fine-tune's adapter into the weights (our format, or Kyutai's torch layout for its servers)",
+    "transcribe": "speech to text with Kyutai STT: text, SRT/VTT subtitles or JSON with word timestamps",
+    "translate": "speech translation with Hibiki: the translated voice to a wav, its text printed",
 }
 
 EXAMPLES = """\

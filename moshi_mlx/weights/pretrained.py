@@ -11,6 +11,7 @@ from ..hub import DEFAULT_REPO, ModelFiles, resolve
 from ..models.codec import BackendError, MimiLike
 from ..models.lm import Lm
 from ..tokenizer import Tokenizer
+from .adapters import apply_adapter
 from .load import load_lm
 from .hf import is_hf_config
 from .hf_folder import hf_mimi
@@ -28,7 +29,10 @@ class Pretrained:
 
 
 def load_pretrained(
-    source: str | Path = DEFAULT_REPO, mimi_backend: str | None = None, dtype: mx.Dtype | None = None
+    source: str | Path = DEFAULT_REPO,
+    mimi_backend: str | None = None,
+    dtype: mx.Dtype | None = None,
+    adapter: str | Path | None = None,
 ) -> Pretrained:
     """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or an LM weights file).
 
@@ -37,10 +41,14 @@ def load_pretrained(
         mimi_backend: ``"mlx"`` or ``"rust"``; default: `moshi_mlx.models.codec.default_backend()`
             (``"mlx"`` for a Mimi that is not the published architecture, see `load_mimi_backend`).
         dtype: LM compute dtype; default: the checkpoint's.
+        adapter: a fine-tune's checkpoint folder or adapter file (`moshi_mlx.weights.adapters`),
+            applied to the LM.
     """
     files = resolve(source)
     tokenizer = Tokenizer(files.tokenizer)  # the quickest file to check: a bad one fails before the big ones load
     lm = load_lm(source, dtype=dtype, files=files)
+    if adapter is not None:
+        apply_adapter(lm, adapter)
     cfg = lm.cfg
     num_codebooks = max(cfg.dep_q, cfg.n_q - cfg.dep_q)
     raw = files.config_dict()
