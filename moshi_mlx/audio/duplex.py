@@ -16,7 +16,7 @@ import numpy as np
 
 from ..models.codec import FRAME_SIZE
 from .conversation import FrameResult
-from .overlap import OverlappedSteps
+from .overlap import OverlappedSteps, release_thread_streams
 
 
 class SampleFifo:
@@ -230,6 +230,8 @@ class DuplexLoop:
                 self._close_steps()
             except BaseException:
                 pass  # the first error is the one reported
+        finally:
+            release_thread_streams()
 
     def _close_steps(self) -> None:
         steps, self._steps = self._steps, None

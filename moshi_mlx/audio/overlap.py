@@ -24,6 +24,15 @@ from ..errors import InvalidArgument
 from .conversation import Conversation, FrameResult
 
 
+def release_thread_streams() -> None:
+    """Call at the end of a thread that ran MLX work: waits for it and frees the thread's MLX
+    streams. MLX (0.30+) gives each thread its own streams; left alive past their thread they abort
+    the process at exit ("terminate called without an active exception")."""
+    mx.synchronize()
+    if hasattr(mx, "clear_streams"):
+        mx.clear_streams()
+
+
 class OverlappedSteps:
     """Drives a `Conversation` with Mimi work overlapping the LM steps.
 
@@ -117,6 +126,7 @@ class OverlappedSteps:
         for f in self._encoded:
             f.cancel()
         self._encoded.clear()
+        self._mimi.submit(release_thread_streams)  # the last job of the Mimi thread
         self._mimi.shutdown(wait=True)
         errors = [f.exception() for f in self._decoding if not f.cancelled() and f.exception() is not None]
         self._decoding.clear()

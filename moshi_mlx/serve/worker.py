@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import mlx.core as mx
 import numpy as np
 
 from ..audio.conversation import Conversation, FrameResult
 from ..audio.duplex import DuplexStats
+from ..audio.overlap import release_thread_streams
 from ..generate import LmGen
 from ..sampling import SamplingParams
 
@@ -117,11 +117,7 @@ class ModelWorker:
         try:
             self._serve(ready)
         finally:
-            # MLX (0.30+) gives each thread its own streams; left alive past the thread, they abort
-            # the process at exit ("terminate called without an active exception").
-            if hasattr(mx, "clear_streams"):
-                mx.synchronize()
-                mx.clear_streams()
+            release_thread_streams()
 
     def _serve(self, ready: concurrent.futures.Future) -> None:
         try:  # state made on this thread: a fresh conversation, as each connection gets
