@@ -147,6 +147,8 @@ class LmConfig:
     bias_proj: bool = False
     depformer_multi_linear: bool = False
     depformer_low_rank_embeddings: int | None = None
+    # TTS: a text token may carry a second (lookahead) stream, `(second + 1) * (text_card + 1) + first`.
+    demux_second_stream: bool = False
     extra_heads_num_heads: int = 0
     extra_heads_dim: int = 6
     # Conditioning (torch `condition_provider` / `fuser` config dicts; see models/conditioners.py).
@@ -270,8 +272,6 @@ def _take(cfg: dict[str, Any], key: str, default: Any = ..., types: tuple = ()) 
 _UNSUPPORTED_IF_SET: dict[str, Any] = {
     # key: the only value we accept (the torch default)
     "norm_emb": False,
-    "demux_second_text_stream": False,
-    "demux_second_stream": False,
     "quantize": False,
     "lora": False,
     "depformer_norm": None,
@@ -337,6 +337,8 @@ def _lm_config_from_kyutai(raw: dict[str, Any]) -> LmConfig:
         existing_text_padding_id=_take(cfg, "existing_text_padding_id", 3, num),
         existing_text_end_padding_id=_take(cfg, "existing_text_end_padding_id", 0, num),
         bias_proj=_take(cfg, "bias_proj", False, (bool,)),
+        demux_second_stream=any([_take(cfg, "demux_second_stream", False, (bool,)),  # both spellings, as torch
+                                  _take(cfg, "demux_second_text_stream", False, (bool,))]),
         extra_heads_num_heads=_take(cfg, "extra_heads_num_heads", 0, num),
         extra_heads_dim=_take(cfg, "extra_heads_dim", 6, num),
         conditioners=_take(cfg, "conditioners", None, (dict,)) or None,

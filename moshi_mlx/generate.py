@@ -49,10 +49,13 @@ class LmGen:
         compiled: bool | None = None,
         conditions: dict[str, Condition] | None = None,
         cfg_coef: float = 1.0,
+        text_choice: int | None = None,
     ):
         """`conditions`: a conditioned model's condition tensors (`lm.conditions(...)`), for `batch_size`
         rows, or `2 * batch_size` with `cfg_coef != 1` (classifier-free guidance, as torch `LMGen`:
-        rows B.. are the contrast, e.g. `null_attributes` or Hibiki's "very_bad")."""
+        rows B.. are the contrast, e.g. `null_attributes` or Hibiki's "very_bad").
+        `text_choice`: a text token whose sampling selects `step`'s `text_if_choice` (TTS's state
+        machine, see `models.tts`); `sampled_text` then holds each step's drawn text `[B]`."""
         cfg = lm.cfg
         if batch_size < 1:
             raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
@@ -77,7 +80,9 @@ class LmGen:
         # Ring of max_delay + 2 token columns (torch `_LMGenState.cache`): enough for writes
         # up to max_delay steps ahead of the read position and reads max_delay behind.
         self._spec = FrameSpec(lm, self.text_sampler, self.audio_sampler, cfg.max_delay + 2,
-                               sum_condition=sum_condition, cfg_coef=self.cfg_coef, cross_kv=cross_kv)
+                               sum_condition=sum_condition, cfg_coef=self.cfg_coef, cross_kv=cross_kv,
+                               text_choice=text_choice)
+        self.sampled_text: mx.array | None = None
         tcfg = cfg.transformer
         self._capacity = tcfg.context  # a ring of `context` positions; None: grows with the stream
         rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)  # CFG runs the model on 2B rows
@@ -146,7 +151,10 @@ class LmGen:
         out = self.step(user_codes, force_tokens)
         return None if out is None else (out, self.extra_heads)
 
-    def step(self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None) -> mx.array | None:
+    def step(
+        self, user_codes: mx.array | np.ndarray, force_tokens: mx.array | None = None,
+        text_if_choice: mx.array | None = None,
+    ) -> mx.array | None:
         """Runs one 80 ms frame.
 
         Args:
@@ -155,6 +163,8 @@ class LmGen:
             force_tokens: Optional ``[B, 1 + dep_q]`` tokens replacing what this step would
                 sample (teacher forcing, e.g. a prompt); entries equal to
                 ``ungenerated_token_id`` (-2) are sampled as usual.
+            text_if_choice: With `text_choice`, ``[B]`` text forced instead of ``force_tokens[:, 0]``
+                on the rows where the sampler draws `text_choice`.
 
         Returns:
             Int32 tokens ``[B, 1 + dep_q]`` (text, then Moshi's audio codebooks) of frame
@@ -163,6 +173,9 @@ class LmGen:
         """
         user = self._user_tokens(user_codes)
         forced = self._no_force if force_tokens is None else mx.array(force_tokens).astype(mx.int32)
+        if self._spec.text_choice is not None:
+            alt = forced[:, :1] if text_if_choice is None else mx.array(text_if_choice).astype(mx.int32)[:, None]
+            forced = mx.concatenate([forced, alt], axis=1)
         o = self.offset
         slot, filled = self._buffers_for(o)
         masked, full = self._frames
@@ -174,9 +187,12 @@ class LmGen:
             tokens, kv, key, out, extra = masked(
                 self.tokens, self.kv, self.key, step, slot_arr, filled_arr, user, forced
             )
-        self.tokens, self.kv, self.key, self.extra_heads = tokens, kv, key, extra
+        self.tokens, self.kv, self.key = tokens, kv, key
         self.offset = o + 1
         mx.async_eval(out, tokens, key, *kv, *extra)
+        if self._spec.text_choice is not None:
+            *extra, self.sampled_text = extra
+        self.extra_heads = extra
         return None if self.offset <= self.lm.cfg.max_delay else out
 
 

@@ -53,7 +53,7 @@ def test_metadata_keys_are_accepted():
         ({"dim": "4096"}, "config key 'dim' has type str"),
         ({"depformer_weights_per_step_schedule": [0, 1]}, "schedule has 2 entries"),
         # Accepted but never used would be silently wrong: refused until implemented.
-        ({"demux_second_stream": True}, "'demux_second_stream'=True is not supported"),
+        ({"norm_emb": True}, "'norm_emb'=True is not supported"),
         ({"conv_layout": True}, "'conv_layout'=True is not supported"),
     ],
 )

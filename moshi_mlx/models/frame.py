@@ -37,6 +37,9 @@ class FrameSpec:
     sum_condition: mx.array | None = None
     cfg_coef: float = 1.0
     cross_kv: tuple | None = None  # per temporal layer, the cross-attention source's (keys, values)
+    # TTS's state machine: when the text sampler draws `text_choice`, the forced text is the last
+    # column of `forced` instead of the first; the frame then also returns the sampled text.
+    text_choice: int | None = None
 
 
 def transposed_linear(lm: Lm) -> Linear:
@@ -108,7 +111,9 @@ def moshi_frame(
         filled: Slots written after this step's write (masks the unwritten ones); None when
             every slot holds a key (a full ring).
         user: The user's codebooks `[B, n_q - dep_q]`.
-        forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`.
+        forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`
+            (`[B, 2 + dep_q]` with `spec.text_choice`: the last column is the text forced when the
+            sampler draws `text_choice`).
 
     Returns:
         (tokens, kv, key, out, extra): the updated state, `[B, 1 + dep_q]` tokens of frame
@@ -157,7 +162,10 @@ def moshi_frame(
 
     ungen = cfg.ungenerated_token_id
     text = spec.text_sampler(text_logits.astype(mx.float32), keys[1])
-    text = mx.where(forced[:, 0] != ungen, forced[:, 0], text)
+    forced_text = forced[:, 0]
+    if spec.text_choice is not None:
+        sampled, forced_text = text, mx.where(text == spec.text_choice, forced[:, -1], forced_text)
+    text = mx.where(forced_text != ungen, forced_text, text)
     out_tokens = [text]
 
     # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
@@ -182,8 +190,10 @@ def moshi_frame(
     out = _ring_read(tokens[:, : 1 + dq], read)
     # Extra heads (STT's end of speech) on every row of the normed hidden state, as torch
     # `step_with_extra_heads` (2B rows under CFG).
-    extra = lm.extra_head_probs(hidden[:, None])
-    return tokens, new_kv, key, out, [p[:, 0] for p in extra]
+    extra = [p[:, 0] for p in lm.extra_head_probs(hidden[:, None])]
+    if spec.text_choice is not None:
+        extra.append(sampled)  # what the sampler drew, before forcing: the state machine reads it
+    return tokens, new_kv, key, out, extra
 
 
 def _guided(logits: mx.array, cfg_coef: float, B: int) -> mx.array:

@@ -34,21 +34,39 @@ def embed_with_zero_token(lookup: Callable[[mx.array], mx.array], tokens: mx.arr
 
 
 class ScaledEmbedding(nn.Embedding):
-    """Embedding where token -1 ("zero token") gives an exact zero vector; optional low-rank table."""
+    """Embedding where token -1 ("zero token") gives an exact zero vector; optional low-rank table.
 
-    def __init__(self, num_embeddings: int, dims: int, low_rank: int | None = None):
+    With `demux`, a token `(second + 1) * num_embeddings + first` carries two streams (torch
+    `demux_second_stream`, TTS's lookahead text): `out1(table[first]) + out2(table[second])`, the
+    second part zero where `second` is -1; the `low_rank` projection is then unused (as in torch)."""
+
+    def __init__(self, num_embeddings: int, dims: int, low_rank: int | None = None, demux: bool = False):
         super().__init__(num_embeddings, low_rank or dims)
         if low_rank is not None:
             self.low_rank = nn.Linear(low_rank, dims, bias=False)
+        if demux:
+            self.out1 = nn.Linear(low_rank or dims, dims, bias=False)
+            self.out2 = nn.Linear(low_rank or dims, dims, bias=False)
 
     def __call__(self, tokens: mx.array) -> mx.array:
+        if "out1" in self:
+            return embed_with_zero_token(self._demuxed, tokens)
         y = embed_with_zero_token(lambda t: self.weight[t], tokens)
         if "low_rank" in self:  # no bias: a zero vector stays zero
             y = self.low_rank(y)
         return y
 
+    def _demuxed(self, tokens: mx.array) -> mx.array:
+        n = self.weight.shape[0]
+        second = tokens // n - 1
+        y = self.out1(self.weight[tokens % n])
+        other = self.out2(self.weight[mx.maximum(second, 0)])
+        return y + mx.where((second < 0)[..., None], mx.zeros((), dtype=other.dtype), other)
+
     def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine", **kw):
         """A `QuantizedScaledEmbedding` (keeps the zero-token semantics that `nn.quantize` would drop)."""
+        if "out1" in self:
+            raise ValueError("a demuxing ScaledEmbedding is quantized through its `out1`/`out2` Linears, not as a whole")
         if "low_rank" in self:
             raise ValueError("a low-rank ScaledEmbedding is quantized through its `low_rank` Linear, not as a whole")
         if kw.get("quantize_input"):
@@ -110,7 +128,7 @@ class Lm(nn.Module):
         self.cfg = cfg
         tcfg = cfg.transformer
         dim = tcfg.d_model
-        self.text_emb = ScaledEmbedding(cfg.text_card + 1, dim)
+        self.text_emb = ScaledEmbedding(cfg.text_card + 1, dim, demux=cfg.demux_second_stream)
         self.emb = [ScaledEmbedding(cfg.card + 1, dim) for _ in range(cfg.n_q)]
         self.transformer = Transformer(tcfg)
         self.out_norm = make_norm(tcfg.norm, dim)
@@ -120,7 +138,7 @@ class Lm(nn.Module):
             ddim = dcfg.d_model
             low_rank = cfg.depformer_low_rank_embeddings
             self.depformer_in = [nn.Linear(dim, ddim, bias=False) for _ in range(cfg.num_depformer_in)]
-            self.depformer_text_emb = ScaledEmbedding(cfg.text_card + 1, ddim, low_rank)
+            self.depformer_text_emb = ScaledEmbedding(cfg.text_card + 1, ddim, low_rank, cfg.demux_second_stream)
             self.depformer_emb = [ScaledEmbedding(cfg.card + 1, ddim, low_rank) for _ in range(cfg.dep_q - 1)]
             self.depformer = Transformer(dcfg)
             self.linears = [nn.Linear(ddim, cfg.card, bias=cfg.bias_proj) for _ in range(cfg.dep_q)]

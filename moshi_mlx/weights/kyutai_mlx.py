@@ -24,6 +24,8 @@ from .common import WeightsError
 def module_table(cfg: LmConfig) -> dict[str, str]:
     """Every module of a Kyutai MLX LM checkpoint -> the module of ours it fills."""
     table: dict[str, str] = {name: name for name in ("text_emb", "text_linear", "out_norm")}
+    if cfg.demux_second_stream:
+        table.update({f"text_emb.{o}": f"text_emb.{o}" for o in ("out1", "out2")})
     for i in range(cfg.n_q):
         table[f"audio_embs.{i}"] = f"emb.{i}"
     for layer in range(cfg.transformer.num_layers):
@@ -41,6 +43,8 @@ def module_table(cfg: LmConfig) -> dict[str, str]:
         table[f"{s}.emb"] = emb
         if cfg.depformer_low_rank_embeddings is not None:
             table[f"{s}.emb.low_rank"] = f"{emb}.low_rank"
+        if cfg.demux_second_stream and k == 0:
+            table.update({f"{s}.emb.{o}": f"{emb}.{o}" for o in ("out1", "out2")})
         w = dcfg.step_weight_index(k)
         gating = f"gating.{w}" if dcfg.weights_per_step else "gating"
         for layer in range(dcfg.num_layers):
