@@ -3,6 +3,7 @@
 `make_tiny_stt`: a speech-to-text model like Kyutai STT (`model_type: "stt"`, 32 audio codebooks in,
 no depformer, end-of-speech extra heads, `stt_config` padding), with the same small tokenizer and
 Mimi as `make_tiny_model`. The words it writes are noise; the folder exercises every code path.
+`make_tiny_tts`: a text-to-speech model like Kyutai TTS (`model_type: "tts"`), with a voice file.
 """
 
 from __future__ import annotations
@@ -51,3 +52,55 @@ def make_tiny_stt(out_dir: str | Path, seed: int = 0) -> Path:
         lm.set_dtype(mx.bfloat16)
         mx.eval(lm.parameters())
         return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME])
+
+
+TTS_CONFIG = {"audio_delay": 1.28, "second_stream_ahead": 2}
+VOICE_FILE = "voice.safetensors"
+
+
+def tiny_tts_config(text_card: int, speaker_dim: int = 32) -> dict:
+    """Kyutai config keys of a 2-layer TTS model like kyutai/tts-1.6b-en_fr (every codebook generated, the
+    demuxed lookahead text stream, low-rank depformer embeddings, a cross-attended speaker embedding,
+    summed `control`/`cfg` conditions of a CFG-distilled model), tiny widths and 8 codebooks."""
+    lut = {"type": "lut", "lut": {"n_bins": 1, "dim": 16, "tokenizer": "noop", "possible_values": ["ok"]}}
+    cfg_values = ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"]
+    return dict(
+        dim=64, text_card=text_card, existing_text_padding_id=3, n_q=8, dep_q=8, card=2048, num_heads=4,
+        num_layers=2, hidden_scale=4.125, causal=True, context=500, max_period=10000, gating="silu",
+        norm="rms_norm_f32", positional_embedding="rope", depformer_dim=64, depformer_num_heads=4,
+        depformer_num_layers=2, depformer_dim_feedforward=128, depformer_multi_linear=True,
+        depformer_pos_emb="none", depformer_weights_per_step=True, depformer_low_rank_embeddings=32,
+        demux_second_stream=True, delays=[0, 0] + [2] * 7, cross_attention=True,
+        conditioners={
+            "speaker_wavs": {"type": "tensor", "tensor": {"dim": speaker_dim}},
+            "control": lut,
+            "cfg": {"type": "lut", "lut": {"n_bins": len(cfg_values), "dim": 16, "tokenizer": "noop",
+                                           "possible_values": cfg_values}},
+        },
+        fuser={"sum": ["control", "cfg"], "cross": ["speaker_wavs"], "cross_attention_pos_emb": True,
+               "cross_attention_pos_emb_scale": 1.0},
+        model_type="tts", tts_config=dict(TTS_CONFIG),
+    )
+
+
+def make_tiny_tts(out_dir: str | Path, seed: int = 0) -> Path:
+    """Writes the tiny TTS folder `out_dir` (which must not exist or be empty), with a random voice
+    embedding `voice.safetensors` in kyutai/tts-voices' format; returns the folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        vocab = train_tokenizer(tmp / TOKENIZER_NAME)
+        mimi_cfg = small_mimi_config(num_codebooks=8)
+        (tmp / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg.to_kyutai_json(), indent=2) + "\n")
+        save_mimi(informative_mimi(mimi_cfg, seed), tmp / MIMI_NAME)
+        config = dict(tiny_tts_config(vocab), mimi_config_name=MIMI_CONFIG_NAME)
+        mx.random.seed(seed)
+        voice = mx.random.normal((1, config["conditioners"]["speaker_wavs"]["tensor"]["dim"], 40))
+        mx.save_safetensors(str(tmp / VOICE_FILE), {"speaker_wavs": voice})
+        lm = Lm(LmConfig.from_kyutai_json(config))
+        lm.set_dtype(mx.bfloat16)
+        mx.eval(lm.parameters())
+        return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME,
+                                                   tmp / VOICE_FILE])
