@@ -16,6 +16,7 @@ from ..generate import LmGen
 from ..hub import DEFAULT_REPO
 from ..models.codec import FRAME_SIZE, MimiLike
 from ..sampling import SamplingParams
+from ..weights.model_type import check_model_type
 from ..weights.pretrained import load_pretrained
 
 
@@ -106,6 +107,7 @@ class Conversation:
         """Loads the LM, Mimi and tokenizer of `source` ("org/repo", a folder or weights file), with a
         fine-tune's `adapter` (checkpoint folder or adapter file) applied when given."""
         sampling = sampling or SamplingParams()
+        check_model_type(source, "moshi")  # STT, Hibiki, TTS: one line naming their command, before any weights
         model = load_pretrained(source, mimi_backend, dtype, adapter=adapter)
         gen = LmGen(model.lm, sampling.text_sampler(), sampling.audio_sampler(), seed=sampling.seed)
         # PAD/EPAD never reach the text stream: `step` keeps them silent itself.

@@ -26,6 +26,7 @@ from ..models.tts import (Entry, State, StateMachine, TokenIds, TtsSettings, con
                           script_to_entries)
 from ..sampling import make_sampler
 from ..tokenizer import Tokenizer
+from ..weights.model_type import wrong_type
 
 VOICE_REPO = "kyutai/tts-voices"
 DEFAULT_TTS = "kyutai/tts-1.6b-en_fr"
@@ -44,10 +45,9 @@ class TtsStep:
 
 def check_tts(lm: Lm) -> TtsSettings:
     """The TTS settings of `lm`, or a one-line error naming the command for its kind."""
-    kind = lm.cfg.raw.get("model_type", "moshi")
+    kind = str(lm.cfg.raw.get("model_type", "moshi"))
     if kind != "tts":
-        hint = {"stt": "moshi-mlx transcribe", "hibiki": "moshi-mlx translate"}.get(kind, "moshi-mlx run")
-        raise InvalidArgument(f"this is a {kind} model, not a Kyutai TTS one; use `{hint}`")
+        raise InvalidArgument(wrong_type(kind))
     return TtsSettings.from_config(lm.cfg.raw)
 
 

@@ -28,9 +28,9 @@ def configure_parser() -> ArgumentParser:
         "can run too; default: a small Mimi that only --mimi-backend mlx runs",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of all the weights")
-    parser.add_argument("--kind", choices=["moshi", "stt", "tts"], default="moshi",
+    parser.add_argument("--kind", choices=["moshi", "stt", "hibiki", "tts"], default="moshi",
                         help="moshi: the speech dialogue model; stt: a Kyutai STT-like model for `transcribe`; "
-                        "tts: a Kyutai TTS-like model (with a voice file) for `speak`")
+                        "hibiki: a Hibiki-like model for `translate`; tts: a Kyutai TTS-like model (with a voice file) for `speak`")
     return parser
 
 
@@ -39,13 +39,15 @@ def main(argv: list[str] | None = None) -> None:
 
     def build() -> None:
         from ..weights.tiny import make_tiny_model
-        from ..weights.tiny_family import make_tiny_stt, make_tiny_tts
+        from ..weights.tiny_family import make_tiny_hibiki, make_tiny_stt, make_tiny_tts
 
         start = time.perf_counter()
         if args.kind != "moshi" and args.full_mimi:
             raise InvalidArgument("--full-mimi is for --kind moshi")
         if args.kind == "stt":
             out = make_tiny_stt(args.out_dir, seed=args.seed)
+        elif args.kind == "hibiki":
+            out = make_tiny_hibiki(args.out_dir, seed=args.seed)
         elif args.kind == "tts":
             out = make_tiny_tts(args.out_dir, seed=args.seed)
         else:

@@ -3,7 +3,8 @@
 `make_tiny_stt`: a speech-to-text model like Kyutai STT (`model_type: "stt"`, 32 audio codebooks in,
 no depformer, end-of-speech extra heads, `stt_config` padding), with the same small tokenizer and
 Mimi as `make_tiny_model`. The words it writes are noise; the folder exercises every code path.
-`make_tiny_tts`: a text-to-speech model like Kyutai TTS (`model_type: "tts"`), with a voice file.
+`make_tiny_tts`: a text-to-speech model like Kyutai TTS (`model_type: "tts"`), with a voice file;
+`make_tiny_hibiki`: a Hibiki-like translation model.
 """
 
 from __future__ import annotations
@@ -104,3 +105,29 @@ def make_tiny_tts(out_dir: str | Path, seed: int = 0) -> Path:
         mx.eval(lm.parameters())
         return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME,
                                                    tmp / VOICE_FILE])
+
+
+def make_tiny_hibiki(out_dir: str | Path, seed: int = 0) -> Path:
+    """Writes a tiny Hibiki-like folder (`model_type: "hibiki"`: the tiny Moshi's streams, conditioned on
+    a `description` LUT summed into every step, `lm_gen_config.cfg_coef` 3) for `translate`; returns it."""
+    from .tiny import tiny_lm_config
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        vocab = train_tokenizer(tmp / TOKENIZER_NAME)
+        mimi_cfg = small_mimi_config()
+        (tmp / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg.to_kyutai_json(), indent=2) + "\n")
+        save_mimi(informative_mimi(mimi_cfg, seed), tmp / MIMI_NAME)
+        quality = ["very_bad", "bad", "neutral", "good", "very_good"]
+        lut = {"type": "lut", "lut": {"n_bins": 5, "dim": 16, "tokenizer": "noop", "possible_values": quality}}
+        config = dict(tiny_lm_config(vocab), mimi_config_name=MIMI_CONFIG_NAME, model_type="hibiki",
+                      conditioners={"description": lut}, fuser={"sum": ["description"]},
+                      lm_gen_config={"cfg_coef": 3.0})
+        mx.random.seed(seed)
+        lm = Lm(LmConfig.from_kyutai_json(config))
+        lm.set_dtype(mx.bfloat16)
+        mx.eval(lm.parameters())
+        return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME])
