@@ -146,6 +146,11 @@ def check_devices(
     return _resolve(sd, input_device, "input", sample_rate), _resolve(sd, output_device, "output", sample_rate)
 
 
+def check_input_device(device: int | str | None = None, sample_rate: int = SAMPLE_RATE) -> int:
+    """`check_devices` for a microphone alone (e.g. live transcription: no speaker needed)."""
+    return _resolve(_sounddevice(), device, "input", sample_rate)
+
+
 @contextlib.contextmanager
 def open_streams(
     loop: DuplexLoop,

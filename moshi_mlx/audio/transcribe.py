@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlx.core as mx
 import numpy as np
@@ -102,17 +102,38 @@ class Transcriber:
 
     def words(self, pcm: np.ndarray) -> Iterator[Word]:
         """The words of mono 24 kHz `pcm` as they are recognised."""
-        duration = len(pcm) / SAMPLE_RATE
+        yield from self._words(padded_frames(pcm, self.prefix, self.delay), lambda: len(pcm) / SAMPLE_RATE)
+
+    def live_words(self, chunks: Iterable[np.ndarray]) -> Iterator[Word]:
+        """The words of live audio (e.g. a microphone: mono 24 kHz chunks of any size) as they are
+        recognised, padded as `words` pads a file: the same words and times for the same samples."""
+        received = [0]  # samples so far: a word's times are clamped to the input heard when it is written
+
+        def padded() -> Iterator[np.ndarray]:
+            buffer = np.zeros(int(self.prefix * SAMPLE_RATE), np.float32)
+            for chunk in chunks:
+                chunk = np.asarray(chunk, np.float32).reshape(-1)
+                received[0] += len(chunk)
+                buffer = np.concatenate([buffer, chunk])
+                while len(buffer) >= FRAME_SIZE:
+                    yield buffer[:FRAME_SIZE]
+                    buffer = buffer[FRAME_SIZE:]
+            yield from padded_frames(buffer, 0.0, self.delay)
+
+        yield from self._words(padded(), lambda: received[0] / SAMPLE_RATE)
+
+    def _words(self, frames: Iterable[np.ndarray], duration: Callable[[], float]) -> Iterator[Word]:
         offset = self.prefix + self.delay
         current: list[str] = []
         start = last = 0.0
 
         def finish() -> Word:
             text = "".join(current).strip()
-            return Word(text, round(max(0.0, min(start, duration)), 3),
-                        round(max(0.0, min(last + FRAME_SECONDS, duration)), 3))
+            heard = duration()
+            return Word(text, round(max(0.0, min(start, heard)), 3),
+                        round(max(0.0, min(last + FRAME_SECONDS, heard)), 3))
 
-        for n, token in self.tokens(padded_frames(pcm, self.prefix, self.delay)):
+        for n, token in self.tokens(frames):
             if token in SKIPPED:
                 continue
             piece = self.tokenizer.sp.id_to_piece(token).replace("▁", " ")
