@@ -74,9 +74,11 @@ class TtsGen:
 
     def __init__(self, lm: Lm, voices: Sequence[Sequence[mx.array]], cfg_coef: float = 2.0, temp: float = 0.6,
                  top_k: int = 250, top_k_text: int = 25, seed: int | None = None, max_padding: int = 8,
-                 initial_padding: int = 2, final_padding: int = 4, max_steps: int = 30_000):
+                 initial_padding: int = 2, final_padding: int = 4, max_steps: int = 30_000,
+                 padding_bonus: float = 0.0):
         """`voices`: per batch row, its voice embeddings `[1, T, dim]` (`models.tts.load_voice`), main
-        speaker first. `cfg_coef`: the guidance a CFG-distilled model is conditioned on; temp 0 is greedy."""
+        speaker first. `cfg_coef`: the guidance a CFG-distilled model is conditioned on; temp 0 is greedy.
+        `padding_bonus`: added to the pad token's logit (torch `padding_bonus`: > 0 speaks slower)."""
         self.settings = s = check_tts(lm)
         cfg = lm.cfg
         if cfg.n_q != cfg.dep_q:
@@ -98,7 +100,16 @@ class TtsGen:
         self.final_padding, self.max_steps = final_padding, max_steps
         self.machine = StateMachine(TokenIds(cfg.text_card + 1), s.second_stream_ahead, max_padding, initial_padding)
         conditions = lm.conditions([condition_attributes(s, list(v), cond_cfg) for v in voices]) if lm.fuser else None
-        self.lm_gen = LmGen(lm, make_sampler(temp, top_k_text), make_sampler(temp, top_k), batch_size=len(voices),
+        text_sampler = make_sampler(temp, top_k_text)
+        if padding_bonus:
+            bias = np.zeros(lm.cfg.text_out_vocab, np.float32)
+            bias[self.machine.token_ids.pad] = padding_bonus
+            bias_mx, plain = mx.array(bias), text_sampler
+
+            def text_sampler(logits: mx.array, key: mx.array | None = None) -> mx.array:
+                return plain(logits + bias_mx, key)
+
+        self.lm_gen = LmGen(lm, text_sampler, make_sampler(temp, top_k), batch_size=len(voices),
                             seed=seed, conditions=conditions, text_choice=self.machine.token_ids.new_word)
         self.states: list[State] = []
 
