@@ -5,7 +5,7 @@ to a speaker embedding, summed `control`/`cfg` LUTs, CFG-distilled), saved in Ky
 loaded by us. Its text projection favours `new_word` and `pad`, so both branches of the word state
 machine are taken. Greedy, the same script and voice file: the same entries, sampled and fed text
 tokens, frames, word timings and end step as torch, for >= 100 steps, batch 1, and batch 2 with a
-padding bonus."""
+padding bonus, and with 5 of the 8 codebooks generated (torch `n_q`)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def tts(tmp_path_factory):
     return model, load_lm(folder, dtype=mx.float32), config, root / "tok.model", voices
 
 
-def torch_tts(model, config, tok_path, voices, scripts, steps, padding_bonus=0.0):
+def torch_tts(model, config, tok_path, voices, scripts, steps, padding_bonus=0.0, n_q=8):
     import sentencepiece
     from moshi.models.tts import StateMachine, TokenIds as TorchIds, TTSModel
 
@@ -81,7 +81,7 @@ def torch_tts(model, config, tok_path, voices, scripts, steps, padding_bonus=0.0
     tts = TTSModel(lm=model, mimi=None, tokenizer=sentencepiece.SentencePieceProcessor(str(tok_path)),
                    voice_suffix="", voice_repo="", machine=StateMachine(ids, second_stream_ahead=2, max_padding=8,
                                                                         initial_padding=2),
-                   delay_steps=4, n_q=8, max_gen_length=steps, padding_bonus=padding_bonus)
+                   delay_steps=4, n_q=n_q, max_gen_length=steps, padding_bonus=padding_bonus)
     tts.mimi = type("M", (), {"frame_rate": 12.5})()
     entries = [tts.prepare_script([s], padding_between=1) for s in scripts]
     attrs = [tts.make_condition_attributes([v], cfg_coef=2.0) for v in voices]
@@ -100,11 +100,12 @@ def branches_taken(machine, entries, sampled: list[int]) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-@pytest.mark.parametrize("batch,bonus", [(1, 0.0), (2, 0.6)])
-def test_tts_tokens_match_torch(tts, batch, bonus):
+@pytest.mark.parametrize("batch,bonus,n_q", [(1, 0.0, 8), (2, 0.6, 8), (1, 0.0, 5)])
+def test_tts_tokens_match_torch(tts, batch, bonus, n_q):
     model, lm, config, tok_path, voices = tts
     scripts = [SCRIPT, SCRIPT.replace("Hello there", "Good morning")][:batch]
-    torch_entries, result = torch_tts(model, config, tok_path, voices[:batch], scripts, steps=300, padding_bonus=bonus)
+    torch_entries, result = torch_tts(model, config, tok_path, voices[:batch], scripts, steps=300, padding_bonus=bonus,
+                                      n_q=n_q)
 
     settings = check_tts(lm)
     tok = Tokenizer(tok_path)
@@ -113,7 +114,7 @@ def test_tts_tokens_match_torch(tts, batch, bonus):
         assert [(e.tokens, e.text, e.padding) for e in ours] == [(e.tokens, e.text, e.padding) for e in theirs]
 
     gen = TtsGen(lm, [[load_voice(v)] for v in voices[:batch]], cfg_coef=2.0, temp=0.0, max_steps=300,
-                 padding_bonus=bonus)
+                 padding_bonus=bonus, n_q=n_q)
     steps = list(gen.steps(entries))
     assert 100 <= len(steps) < 300  # ended by the script's end, delay_steps + final_padding after it
     for b in range(batch):

@@ -10,8 +10,9 @@ the model goes on. Generation ends `delay_steps + final_padding` frames after th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from ..generate import LmGen
-from ..models.codec import MimiLike
+from ..models.codec import MimiLike, RustMimi
 from ..models.lm import Lm
 from ..models.tts import (Entry, State, StateMachine, TokenIds, TtsSettings, condition_attributes, load_voice,
                           script_to_entries)
@@ -75,14 +76,21 @@ class TtsGen:
     def __init__(self, lm: Lm, voices: Sequence[Sequence[mx.array]], cfg_coef: float = 2.0, temp: float = 0.6,
                  top_k: int = 250, top_k_text: int = 25, seed: int | None = None, max_padding: int = 8,
                  initial_padding: int = 2, final_padding: int = 4, max_steps: int = 30_000,
-                 padding_bonus: float = 0.0):
+                 padding_bonus: float = 0.0, n_q: int | None = None):
         """`voices`: per batch row, its voice embeddings `[1, T, dim]` (`models.tts.load_voice`), main
         speaker first. `cfg_coef`: the guidance a CFG-distilled model is conditioned on; temp 0 is greedy.
-        `padding_bonus`: added to the pad token's logit (torch `padding_bonus`: > 0 speaks slower)."""
+        `padding_bonus`: added to the pad token's logit (torch `padding_bonus`: > 0 speaks slower).
+        `n_q`: generate only the first `n_q` codebooks (faster, coarser audio; torch `TTSModel.n_q`: the
+        others are fed the zero token)."""
         self.settings = s = check_tts(lm)
         cfg = lm.cfg
         if cfg.n_q != cfg.dep_q:
             raise InvalidArgument("a TTS model generates every codebook (n_q == dep_q)")
+        if n_q is not None and n_q != cfg.n_q:
+            if not 1 <= n_q <= cfg.n_q:
+                raise InvalidArgument(f"n_q must be between 1 and the model's {cfg.n_q} codebooks, got {n_q}")
+            lm = copy.copy(lm)  # the same weights, seen as generating n_q codebooks (torch sets lm.dep_q)
+            lm.cfg = cfg = replace(cfg, dep_q=n_q)
         audio_delays = cfg.delays[1:]
         if any(b < a for a, b in zip(audio_delays, audio_delays[1:])):
             # zeroing early tokens as forced tokens equals torch's after-the-fact hook only then
@@ -125,12 +133,13 @@ class TtsGen:
         cfg, machine = self.lm.cfg, self.machine
         self.states = states = [machine.new_state(e) for e in entries]
         B, ungen = self.batch_size, cfg.ungenerated_token_id
-        no_user = mx.zeros((B, 0), dtype=mx.int32)
+        no_user = mx.full((B, cfg.n_q - cfg.dep_q), machine.token_ids.zero, dtype=mx.int32)
         for step in range(self.max_steps):
             ends = [st.end_step for st in states]
             if all(e is not None for e in ends) and step >= max(ends) + self.delay_steps + self.final_padding:
                 return
-            audio = [machine.token_ids.zero if step < d + self.delay_steps else ungen for d in cfg.delays[1:]]
+            audio = [machine.token_ids.zero if step < d + self.delay_steps else ungen
+                     for d in cfg.delays[1 : 1 + cfg.dep_q]]
             choices = [machine.choices(step, st) for st in states]
             force = mx.array([[pad[0]] + audio for pad, _ in choices], dtype=mx.int32)
             frame = self.lm_gen.step(no_user, force, mx.array([word[0] for _, word in choices], dtype=mx.int32))
@@ -141,6 +150,10 @@ class TtsGen:
 
     def pcm(self, entries: Sequence[Entry], mimi: MimiLike) -> Iterator[np.ndarray]:
         """The voice of one script (batch 1), 80 ms chunks of 24 kHz float32, as Mimi decodes them."""
+        n = self.lm.cfg.dep_q
+        if isinstance(mimi, RustMimi) and mimi.num_codebooks != n:
+            raise InvalidArgument(f"the rust Mimi decodes {mimi.num_codebooks} codebooks only; "
+                                  f"use --mimi-backend mlx for n_q {n}")
         mimi.reset()
         frames = 0
         for st in self.steps([entries]):

@@ -39,6 +39,9 @@ def configure_parser() -> ArgumentParser:
     parser.add_argument("--max-padding", type=int, default=8, help="frames of padding in a row at most")
     parser.add_argument("--initial-padding", type=int, default=2, help="frames of padding forced at the start")
     parser.add_argument("--final-padding", type=int, default=4, help="frames generated after the last word's end")
+    parser.add_argument("--nq", type=int, default=None,
+                        help="generate only this many audio codebooks: faster, coarser audio (default: all; "
+                        "Kyutai suggests 8 to 32)")
     parser.add_argument("--padding-bonus", type=float, default=0.0,
                         help="added to the padding logit: speech speed, slower when > 0 (Kyutai: -2 to 2)")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="stop after this much audio at most")
@@ -68,7 +71,7 @@ def _speak(args) -> None:
     gen = TtsGen(pretrained.lm, [voices], cfg_coef=args.cfg_coef, temp=args.temp, seed=args.seed,
                  max_padding=args.max_padding, initial_padding=args.initial_padding,
                  final_padding=args.final_padding, max_steps=int(args.max_seconds * 12.5) + settings.delay_steps,
-                 padding_bonus=args.padding_bonus)
+                 padding_bonus=args.padding_bonus, n_q=args.nq)
     writer = WavWriter(args.output, 24_000)
     try:
         for chunk in gen.pcm(entries, pretrained.mimi):
