@@ -12,7 +12,6 @@ text stream carries the tokens of the word that many entries ahead, muxed into o
 
 from __future__ import annotations
 
-import copy
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -61,6 +60,11 @@ class State:
     end_step: int | None = None
     consumption_times: list[int] = field(default_factory=list)
     transcript: list[tuple[str, int]] = field(default_factory=list)
+
+    def clone(self) -> State:
+        """An independent copy (entries are never changed, only taken: the containers are copied)."""
+        return State(deque(self.entries), self.remaining_padding, self.forced_padding, deque(self.queued),
+                     deque(self.lookahead_queued), self.end_step, list(self.consumption_times), list(self.transcript))
 
     def tokens_ahead(self, lookahead: int) -> list[int]:
         """Tokens of the `lookahead`-th entry that has tokens (breaks skipped), [] when none."""
@@ -136,7 +140,7 @@ class StateMachine:
         `new_word` is), so a compiled frame can pick one by the token it samples."""
         outcomes = []
         for token in (self.token_ids.pad, self.token_ids.new_word):
-            s = copy.deepcopy(state)
+            s = state.clone()
             outcomes.append((self.process(step, s, token)[0], s))
         return outcomes[0], outcomes[1]
 
