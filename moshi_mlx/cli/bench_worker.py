@@ -391,12 +391,15 @@ def kyutai(args: dict) -> dict:
 
 
 def bandwidth(args: dict) -> dict:
-    """GB/s of a plain matrix-vector product over `bytes` of weights in the same dtype/quantization."""
+    """GB/s of a plain matrix-vector product over `bytes` of weights (at most 1 GiB: far past any
+    cache, and one kernel launch of a 7B's whole weights is too large for CUDA) in the same
+    dtype/quantization."""
     dtype = getattr(mx, args["dtype"])
     bits, group = args["bits"], args["group_size"]
-    cols = 4096 if args["bytes"] >= 2**26 else 1024
+    read = min(args["bytes"], 2**30)
+    cols = 4096 if read >= 2**26 else 1024
     per_row = cols * (bits / 8 + 2 * 2 / group if bits else dtype.size)  # packed + scales/biases
-    rows = max(group or 1, int(args["bytes"] / per_row) // 64 * 64 or 64)
+    rows = max(group or 1, int(read / per_row) // 64 * 64 or 64)
     w = mx.random.normal((rows, cols), dtype=dtype)
     x = mx.random.normal((1, cols), dtype=dtype)
     if bits:
