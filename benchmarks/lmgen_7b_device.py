@@ -1,0 +1,131 @@
+"""The 7B step on a GPU, ours against Kyutai's moshi_mlx 0.3.0: the script behind README's H200 rows.
+
+Each measurement runs in its own process (Kyutai's package shares our import name, and separate
+processes keep the peaks apart), interleaved round by round, random weights, Kyutai's default
+samplers on both sides, 7B architecture. It needs only MLX (no other package of ours is imported by
+Kyutai's side), so it also runs on an offline machine where MLX comes from carried wheels:
+
+    python -m benchmarks.lmgen_7b_device KYUTAI_DIR '{"precisions": [["bfloat16", null], ["bfloat16", 4],
+        ["bfloat16", 8]], "rounds": 3, "steps": 30, "warmup": 5}' > results.jsonl
+
+KYUTAI_DIR holds Kyutai's `moshi_mlx` package (`benchmarks/make_kyutai_venv.sh --target DIR`). One
+JSON line per (precision, round, side): median/min/p90 ms per step, the weight bytes read per step,
+MLX's peak memory, the bandwidth of a plain 1 GiB matrix-vector product and the roofline.
+`moshi-mlx bench --config 7b` measures the same and more; this script is the smaller one that ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(args: dict) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    side, steps, warmup = args["side"], args["steps"], args["warmup"]
+    if side == "bandwidth":
+        dtype, bits = getattr(mx, args["dtype"]), args["bits"]
+        w = mx.random.normal((32768, 8192)).astype(dtype)
+        x = mx.random.normal((1, 8192)).astype(dtype)
+        if bits:
+            wq, s, b = mx.quantize(w, group_size=64, bits=bits)
+            mx.eval(wq, s, b)
+            nbytes = wq.nbytes + s.nbytes + b.nbytes
+            product = lambda: mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=64, bits=bits)  # noqa: E731
+        else:
+            mx.eval(w)
+            nbytes, product = w.nbytes, lambda: x @ w.T  # noqa: E731
+        times = []
+        for i in range(35):
+            t0 = time.perf_counter()
+            mx.eval(product())
+            times.append(time.perf_counter() - t0)
+        return {"gb_per_s": nbytes / float(np.median(times[5:])) / 1e9}
+    if side == "kyutai":
+        from moshi_mlx import models, utils
+
+        model = models.Lm(models.LmConfig.from_config_dict(args["config"]))
+    else:
+        from moshi_mlx.config import LmConfig
+        from moshi_mlx.models.lm import Lm
+
+        model = Lm(LmConfig.from_kyutai_json(args["config"]))
+    model.set_dtype(getattr(mx, args["dtype"]))
+    if args["bits"]:
+        nn.quantize(model, group_size=64, bits=args["bits"])
+    mx.eval(model.parameters())
+    weight_bytes = sum(v.nbytes for k, v in tree_flatten(model.parameters()) if "emb" not in k.split(".")[0])
+    if side == "kyutai":
+        gen = models.LmGen(model=model, max_steps=warmup + steps + 5, text_sampler=utils.Sampler(temp=0.7, top_k=25),
+                           audio_sampler=utils.Sampler(temp=0.8, top_k=250))
+        user = mx.zeros((1, model.cfg.other_codebooks), dtype=mx.int32)
+
+        def step() -> None:
+            gen.step(user)[0].item()
+            audio = gen.last_audio_tokens()
+            if audio is not None:
+                mx.eval(audio)
+    else:
+        from moshi_mlx.generate import LmGen
+
+        gen = LmGen(model)
+        user = mx.zeros((1, model.cfg.n_q - model.cfg.dep_q), dtype=mx.int32)
+
+        def step() -> None:
+            out = gen.step(user)
+            mx.eval(gen.tokens if out is None else out)
+
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - t0))
+    t = np.array(times)
+    return dict(median=float(np.median(t)), min=float(t.min()), p90=float(np.percentile(t, 90)),
+                weight_bytes=weight_bytes, peak_gb=mx.get_peak_memory() / 1e9)
+
+
+def run_side(args: dict, kyutai_dir: str) -> dict:
+    path = kyutai_dir if args["side"] == "kyutai" else ROOT
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                             if p and os.path.abspath(p) != ROOT]))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", json.dumps(args)],
+                          capture_output=True, text=True, env=env, cwd="/")
+    if proc.returncode:
+        raise RuntimeError(f"{args['side']} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if sys.argv[1] == "--measure":
+        print(json.dumps(measure(json.loads(sys.argv[2]))))
+        return
+    kyutai_dir, plan = sys.argv[1], json.loads(sys.argv[2])
+    sys.path.insert(0, ROOT)
+    from moshi_mlx.config import LmConfig
+
+    config = {**LmConfig.from_preset("moshi_7b").raw, **plan.get("override", {})}  # e.g. a smaller width to try it
+    for dtype, bits in plan["precisions"]:
+        base = dict(config=config, dtype=dtype, bits=bits, steps=plan["steps"], warmup=plan["warmup"])
+        bandwidth = run_side({**base, "side": "bandwidth"}, kyutai_dir)["gb_per_s"]
+        for r in range(plan["rounds"]):
+            for side in ("ours", "kyutai"):
+                row = {**run_side({**base, "side": side}, kyutai_dir), "side": side, "round": r, "dtype": dtype,
+                       "bits": bits, "bw_gbs": bandwidth}
+                row["roofline_ms"] = row["weight_bytes"] / (bandwidth * 1e9) * 1000
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
