@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "transcribe": ".audio.transcribe",
     "TranslatedFrame": ".audio.translate",
     "translate": ".audio.translate",
+    "speak": ".audio.speak",
     "ConfigError": ".config",
     "LmConfig": ".config",
     "MimiConfig": ".config",

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "fuse": "moshi_mlx.cli.fuse",
     "transcribe": "moshi_mlx.cli.transcribe",
     "translate": "moshi_mlx.cli.translate",
+    "speak": "moshi_mlx.cli.speak",
 }
 
 # One line per command for `moshi-mlx --help` (a command without one shows its module's first line).
@@ -35,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "fuse": "merge a fine-tune's adapter into the weights (our format, or Kyutai's torch layout for its servers)",
     "transcribe": "speech to text with Kyutai STT: text, SRT/VTT subtitles or JSON with word timestamps",
     "translate": "speech translation with Hibiki: the translated voice to a wav, its text printed",
+    "speak": "text to speech with Kyutai TTS in a given voice, the wav written as it is made",
 }
 
 EXAMPLES = """\
