@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 
@@ -38,22 +39,7 @@ def tiny_stt_config(text_card: int) -> dict:
 
 def make_tiny_stt(out_dir: str | Path, seed: int = 0) -> Path:
     """Writes the tiny STT folder `out_dir` (which must not exist or be empty); returns it."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        vocab = train_tokenizer(tmp / TOKENIZER_NAME)
-        mimi_cfg = small_mimi_config(num_codebooks=32)
-        (tmp / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg.to_kyutai_json(), indent=2) + "\n")
-        save_mimi(informative_mimi(mimi_cfg, seed), tmp / MIMI_NAME)
-        config = dict(tiny_stt_config(vocab), mimi_config_name=MIMI_CONFIG_NAME)
-        mx.random.seed(seed)
-        lm = Lm(LmConfig.from_kyutai_json(config))
-        lm.set_dtype(mx.bfloat16)
-        mx.eval(lm.parameters())
-        return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME])
-
+    return _write_tiny(out_dir, seed, 32, tiny_stt_config)
 
 TTS_CONFIG = {"audio_delay": 1.28, "second_stream_ahead": 2}
 VOICE_FILE = "voice.safetensors"
@@ -87,24 +73,13 @@ def tiny_tts_config(text_card: int, speaker_dim: int = 32) -> dict:
 def make_tiny_tts(out_dir: str | Path, seed: int = 0) -> Path:
     """Writes the tiny TTS folder `out_dir` (which must not exist or be empty), with a random voice
     embedding `voice.safetensors` in kyutai/tts-voices' format; returns the folder."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        vocab = train_tokenizer(tmp / TOKENIZER_NAME)
-        mimi_cfg = small_mimi_config(num_codebooks=8)
-        (tmp / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg.to_kyutai_json(), indent=2) + "\n")
-        save_mimi(informative_mimi(mimi_cfg, seed), tmp / MIMI_NAME)
-        config = dict(tiny_tts_config(vocab), mimi_config_name=MIMI_CONFIG_NAME)
-        mx.random.seed(seed)
-        voice = mx.random.normal((1, config["conditioners"]["speaker_wavs"]["tensor"]["dim"], 40))
-        mx.save_safetensors(str(tmp / VOICE_FILE), {"speaker_wavs": voice})
-        lm = Lm(LmConfig.from_kyutai_json(config))
-        lm.set_dtype(mx.bfloat16)
-        mx.eval(lm.parameters())
-        return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME,
-                                                   tmp / VOICE_FILE])
+
+    def voice(tmp: Path, config: dict) -> list[Path]:
+        dim = config["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+        mx.save_safetensors(str(tmp / VOICE_FILE), {"speaker_wavs": mx.random.normal((1, dim, 40))})
+        return [tmp / VOICE_FILE]
+
+    return _write_tiny(out_dir, seed, 8, tiny_tts_config, voice)
 
 
 def make_tiny_hibiki(out_dir: str | Path, seed: int = 0) -> Path:
@@ -112,22 +87,37 @@ def make_tiny_hibiki(out_dir: str | Path, seed: int = 0) -> Path:
     a `description` LUT summed into every step, `lm_gen_config.cfg_coef` 3) for `translate`; returns it."""
     from .tiny import tiny_lm_config
 
+    quality = ["very_bad", "bad", "neutral", "good", "very_good"]
+    lut = {"type": "lut", "lut": {"n_bins": 5, "dim": 16, "tokenizer": "noop", "possible_values": quality}}
+
+    def config_of(vocab: int) -> dict:
+        return dict(tiny_lm_config(vocab), model_type="hibiki", conditioners={"description": lut},
+                    fuser={"sum": ["description"]}, lm_gen_config={"cfg_coef": 3.0})
+
+    return _write_tiny(out_dir, seed, small_mimi_config().num_codebooks, config_of)
+
+
+def _write_tiny(
+    out_dir: str | Path, seed: int, num_codebooks: int, config_of: Callable[[int], dict],
+    extra: Callable[[Path, dict], list[Path]] | None = None,
+) -> Path:
+    """Writes a tiny family folder: the small tokenizer and Mimi (`num_codebooks`), and a bf16 LM of
+    `config_of(text_vocab)`; `extra(tmp, config)` writes more files and returns them. Returns the folder."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vocab = train_tokenizer(tmp / TOKENIZER_NAME)
-        mimi_cfg = small_mimi_config()
+        mimi_cfg = small_mimi_config(num_codebooks=num_codebooks)
         (tmp / MIMI_CONFIG_NAME).write_text(json.dumps(mimi_cfg.to_kyutai_json(), indent=2) + "\n")
         save_mimi(informative_mimi(mimi_cfg, seed), tmp / MIMI_NAME)
-        quality = ["very_bad", "bad", "neutral", "good", "very_good"]
-        lut = {"type": "lut", "lut": {"n_bins": 5, "dim": 16, "tokenizer": "noop", "possible_values": quality}}
-        config = dict(tiny_lm_config(vocab), mimi_config_name=MIMI_CONFIG_NAME, model_type="hibiki",
-                      conditioners={"description": lut}, fuser={"sum": ["description"]},
-                      lm_gen_config={"cfg_coef": 3.0})
+        config = dict(config_of(vocab), mimi_config_name=MIMI_CONFIG_NAME)
         mx.random.seed(seed)
+        files = [tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME]
+        if extra is not None:
+            files += extra(tmp, config)
         lm = Lm(LmConfig.from_kyutai_json(config))
         lm.set_dtype(mx.bfloat16)
         mx.eval(lm.parameters())
-        return save_lm(lm, out_dir, extra_files=[tmp / TOKENIZER_NAME, tmp / MIMI_NAME, tmp / MIMI_CONFIG_NAME])
+        return save_lm(lm, out_dir, extra_files=files)
