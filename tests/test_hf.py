@@ -27,6 +27,13 @@ transformers = require("transformers")
 K = 4  # codebooks per audio stream
 
 
+def fp32_kwargs() -> dict:
+    """`from_pretrained`'s fp32 argument: `dtype` from transformers 4.56, `torch_dtype` before (the
+    floors venv resolves an older transformers next to huggingface_hub 0.25)."""
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+
+
 def tiny_hf_config() -> "transformers.MoshiConfig":
     """Moshi's structure, scaled down: grouped-query attention in the temporal decoder, a small Mimi."""
     mimi = dict(hidden_size=64, num_filters=8, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
@@ -57,7 +64,7 @@ def hf_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(hf_folder):
-    return transformers.MoshiForConditionalGeneration.from_pretrained(hf_folder, dtype=torch.float32).eval()
+    return transformers.MoshiForConditionalGeneration.from_pretrained(hf_folder, **fp32_kwargs()).eval()
 
 
 def random_tokens(cfg: LmConfig, B: int, T: int, seed: int = 0) -> np.ndarray:
@@ -147,7 +154,7 @@ def test_convert_to_hf_is_read_by_transformers_and_comes_back_losslessly(tiny, t
     assert all(pa[k].dtype == pb[k].dtype and mx.array_equal(pa[k], pb[k]).item() for k in pa)
     assert (back_dir / "tokenizer_spm_32k_3.model").read_bytes() == (tiny / "tokenizer_spm_32k_3.model").read_bytes()
 
-    model = transformers.MoshiForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model = transformers.MoshiForConditionalGeneration.from_pretrained(hf_dir, **fp32_kwargs()).eval()
     lm = load_lm(tiny, dtype=mx.float32)
     tokens = random_tokens(lm.cfg, B=1, T=6)
     ref = hf_forward(model, tokens).logits.numpy()
