@@ -23,6 +23,15 @@ SPEECH = ROOT / "tests" / "assets" / "speech_24k.wav"
 TALK_SECONDS = 12.0
 
 
+
+def launch_chromium(playwright, executable: str):
+    """Headless Chromium whose fake microphone plays the speech asset, with autoplay allowed."""
+    return playwright.chromium.launch(executable_path=executable, headless=True, args=[
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={SPEECH}", "--autoplay-policy=no-user-gesture-required",
+    ])
+
+
 def chromium() -> str:
     """MOSHI_MLX_CHROMIUM, else Debian's chromium, else google-chrome (Ubuntu's CI images ship it)."""
     path = os.environ.get("MOSHI_MLX_CHROMIUM") or next(
@@ -48,10 +57,7 @@ def test_the_page_talks_with_moshi_in_chromium(tmp_path):
     conversation.mimi.rms.clear()  # the warm-up's silent frames
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=[
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={SPEECH}", "--autoplay-policy=no-user-gesture-required",
-            ])
+            browser = launch_chromium(p, executable)
             try:
                 page = browser.new_page(viewport={"width": 900, "height": 760})
                 console: list[str] = []
@@ -107,10 +113,7 @@ def test_kyutai_web_client_works_unchanged(tmp_path):
     conversation.mimi.rms.clear()
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True, args=[
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={SPEECH}", "--autoplay-policy=no-user-gesture-required",
-            ])
+            browser = launch_chromium(p, executable)
             try:
                 page = browser.new_page(viewport={"width": 1000, "height": 800})
                 page.goto(server.url)

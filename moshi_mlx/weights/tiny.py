@@ -71,13 +71,19 @@ def train_tokenizer(path: str | Path, vocab_size: int = 400) -> int:
     return sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
+def new_folder(out_dir: str | Path) -> Path:
+    """`out_dir` as a Path, after checking that it does not exist or is an empty folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
+    return out_dir
+
+
 def make_tiny_model(out_dir: str | Path, full_mimi: bool = False, seed: int = 0) -> Path:
     """Writes the tiny model folder `out_dir` (which must not exist or be empty); returns it.
 
     Nothing is left behind on failure: the folder is assembled beside `out_dir` and renamed."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
+    out_dir = new_folder(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vocab = train_tokenizer(tmp / TOKENIZER_NAME)

@@ -21,7 +21,7 @@ from ..hub import MIMI_NAME, TOKENIZER_NAME
 from ..models.lm import Lm
 from .mimi import save_mimi
 from .save import save_lm
-from .tiny import MIMI_CONFIG_NAME, train_tokenizer
+from .tiny import MIMI_CONFIG_NAME, new_folder, train_tokenizer
 from .tiny_mimi import informative_mimi, small_mimi_config
 
 STT_CONFIG = {"audio_silence_prefix_seconds": 1.0, "audio_delay_seconds": 0.5}
@@ -103,9 +103,7 @@ def _write_tiny(
 ) -> Path:
     """Writes a tiny family folder: the small tokenizer and Mimi (`num_codebooks`), and a bf16 LM of
     `config_of(text_vocab)`; `extra(tmp, config)` writes more files and returns them. Returns the folder."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir}: already exists and is not an empty folder; choose a new folder")
+    out_dir = new_folder(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         vocab = train_tokenizer(tmp / TOKENIZER_NAME)
