@@ -23,7 +23,6 @@ SPEECH = ROOT / "tests" / "assets" / "speech_24k.wav"
 TALK_SECONDS = 12.0
 
 
-
 def launch_chromium(playwright, executable: str):
     """Headless Chromium whose fake microphone plays the speech asset, with autoplay allowed."""
     return playwright.chromium.launch(executable_path=executable, headless=True, args=[
