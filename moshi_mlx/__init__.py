@@ -8,13 +8,6 @@ does not load the audio stack, the hub client or the tokenizer.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError as _NotInstalled
-from importlib.metadata import version as _version
-
-try:  # one source of truth: pyproject's `version`, as installed
-    __version__ = _version("mlx-moshi")
-except _NotInstalled:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 # Public name -> the module (relative to this package) that defines it.
 _EXPORTS: dict[str, str] = {
@@ -66,7 +59,21 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
+def _installed_version() -> str:
+    """pyproject's `version`, as installed (one source of truth); read on first access, because
+    `importlib.metadata` alone costs more memory than the LM's imports."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlx-moshi")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        value = globals()[name] = _installed_version()
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

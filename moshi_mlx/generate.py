@@ -10,13 +10,12 @@ its audio; the first `max_delay` steps return None.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import os
 from dataclasses import replace
 
 import mlx.core as mx
-import numpy as np
 
 from .errors import InvalidArgument
 from .models.conditioners import Condition
@@ -24,6 +23,9 @@ from .models.frame import FrameSpec, kv_dtype, moshi_frame, supports_compiled_fr
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COMPILE_ENV = "MOSHI_MLX_COMPILE"  # "0": run the frame op by op (debugging)
 
@@ -105,15 +107,27 @@ class LmGen:
             self.key = self._seed_key
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
-        spec = self._spec = replace(self._spec, linear=transposed_linear(self.lm))
+        self._spec = replace(self._spec, linear=transposed_linear(self.lm))
+        self._frames: dict[tuple[bool, bool], Callable] = {}
 
-        def masked(tokens, kv, key, step, slot, filled, user, forced):
-            return moshi_frame(spec, tokens, kv, key, step, slot, filled, user, forced)
+    def _frame(self, masked: bool, forcing: bool) -> Callable:
+        """The frame function (compiled unless `compiled=False`) for a partly filled KV buffer
+        (`masked`) or a full one, with or without forced tokens; built on first use."""
+        fn = self._frames.get((masked, forcing))
+        if fn is None:
+            spec = self._spec
 
-        def full(tokens, kv, key, step, slot, user, forced):
-            return moshi_frame(spec, tokens, kv, key, step, slot, None, user, forced)
+            def frame(tokens, kv, key, step, slot, filled, user, forced):
+                return moshi_frame(spec, tokens, kv, key, step, slot, filled, user, forced)
 
-        self._frames = (mx.compile(masked), mx.compile(full)) if self.compiled else (masked, full)
+            variant = {
+                (True, True): frame,
+                (True, False): lambda t, kv, k, st, sl, f, u: frame(t, kv, k, st, sl, f, u, None),
+                (False, True): lambda t, kv, k, st, sl, u, fo: frame(t, kv, k, st, sl, None, u, fo),
+                (False, False): lambda t, kv, k, st, sl, u: frame(t, kv, k, st, sl, None, u, None),
+            }[masked, forcing]
+            fn = self._frames[masked, forcing] = mx.compile(variant) if self.compiled else variant
+        return fn
 
     @property
     def kv_nbytes(self) -> int:
@@ -172,21 +186,20 @@ class LmGen:
             scheduled (``mx.async_eval``); reading the result waits for it.
         """
         user = self._user_tokens(user_codes)
-        forced = self._no_force if force_tokens is None else mx.array(force_tokens).astype(mx.int32)
+        forced = None if force_tokens is None else mx.array(force_tokens).astype(mx.int32)
         if self._spec.text_choice is not None:
+            forced = self._no_force if forced is None else forced
             alt = forced[:, :1] if text_if_choice is None else mx.array(text_if_choice).astype(mx.int32)[:, None]
             forced = mx.concatenate([forced, alt], axis=1)
         o = self.offset
         slot, filled = self._buffers_for(o)
-        masked, full = self._frames
-        step, slot_arr = mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)
-        if filled is None:
-            tokens, kv, key, out, extra = full(self.tokens, self.kv, self.key, step, slot_arr, user, forced)
-        else:
-            filled_arr = mx.array(filled, dtype=mx.int32)
-            tokens, kv, key, out, extra = masked(
-                self.tokens, self.kv, self.key, step, slot_arr, filled_arr, user, forced
-            )
+        args = [self.tokens, self.kv, self.key, mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)]
+        if filled is not None:
+            args.append(mx.array(filled, dtype=mx.int32))
+        args.append(user)
+        if forced is not None:
+            args.append(forced)
+        tokens, kv, key, out, extra = self._frame(filled is not None, forced is not None)(*args)
         self.tokens, self.kv, self.key = tokens, kv, key
         self.offset = o + 1
         mx.async_eval(out, tokens, key, *kv, *extra)
@@ -276,6 +289,8 @@ def generate_text(
     Stops early once every row has produced `eos_id` (later positions of finished rows are
     filled with `eos_id`).
     """
+    import numpy as np  # here only: streaming (`LmGen`) does not load numpy
+
     prompt = mx.array(prompt_ids).astype(mx.int32)
     out: list[mx.array] = []
     done = np.zeros(prompt.shape[0], dtype=bool)

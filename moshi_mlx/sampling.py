@@ -57,9 +57,21 @@ def top_p_filter(logits: mx.array, p: float) -> mx.array:
 
 def _categorical(logits: mx.array, temp: float, top_k: int, top_p: float, key: mx.array | None) -> mx.array:
     x = logits.astype(mx.float32)
+    if 0 < top_k < x.shape[-1] and not 0.0 < top_p < 1.0:
+        return _top_k_categorical(x, temp, top_k, key)
     x = top_k_filter(x, top_k)
     x = top_p_filter(x / temp, top_p)
     return mx.random.categorical(x, axis=-1, key=key).astype(mx.int32)
+
+
+def _top_k_categorical(x: mx.array, temp: float, k: int, key: mx.array | None) -> mx.array:
+    """Draws from `softmax(x / temp)` restricted to the `k` largest logits (exactly `k`, even on
+    ties), by the Gumbel-max rule on those `k` values only: the same distribution as
+    `categorical(top_k_filter(x, k) / temp)`, in a few graph nodes (Moshi samples 9 times a frame)."""
+    V = x.shape[-1]
+    top = mx.argpartition(x, kth=V - k, axis=-1)[..., V - k :]
+    noisy = mx.take_along_axis(x, top, axis=-1) / temp + mx.random.gumbel(top.shape, key=key)
+    return mx.take_along_axis(top, mx.argmax(noisy, axis=-1, keepdims=True), axis=-1)[..., 0].astype(mx.int32)
 
 
 def check_sampling(temp: float, top_k: int, top_p: float, stream: str = "") -> None:

@@ -167,8 +167,12 @@ def memory() -> dict:
 def prepare(model, args: dict) -> dict:
     """Casts and quantizes `model` as asked, evaluates its weights; returns what it did. Layers
     whose input width the group size does not divide (micro's 176-wide feed-forward output) stay
-    unquantized, on both sides alike."""
+    unquantized, on both sides alike. Each weight is evaluated alone, so that neither side's peak
+    memory holds several fp32 random initialisations at once (an artefact of random weights: a
+    checkpoint is loaded in its own dtype); nor are freed initialisations kept in MLX's buffer cache."""
+    limit = mx.set_cache_limit(0)
     model.set_dtype(getattr(mx, args["dtype"]))
+    _eval_each(model)
     kept = []
     if args["bits"]:
         group = args["group_size"]
@@ -182,8 +186,14 @@ def prepare(model, args: dict) -> dict:
             return True
 
         nn.quantize(model, group_size=group, bits=args["bits"], class_predicate=quantizable)
-    mx.eval(model.parameters())
+        _eval_each(model)
+    mx.set_cache_limit(limit)
     return {"param_bytes": sum(v.nbytes for _, v in tree_flatten(model.parameters())), "unquantized_layers": len(kept)}
+
+
+def _eval_each(model) -> None:
+    for _, v in tree_flatten(model.parameters()):
+        mx.eval(v)
 
 
 def weights_read_bytes(model) -> int:
@@ -232,12 +242,9 @@ def time_mimi(mimi_cls, cfg, n: int, num_codebooks: int) -> dict:
 def ours(args: dict) -> dict:
     import inspect
 
-    import numpy as np
-
     from moshi_mlx.config import LmConfig, MimiConfig
     from moshi_mlx.generate import LmGen
     from moshi_mlx.models.lm import Lm
-    from moshi_mlx.models.mimi import Mimi
 
     after_imports = memory()["rss_mb"]
     model = Lm(LmConfig.from_kyutai_json(args["config"]))
@@ -257,7 +264,7 @@ def ours(args: dict) -> dict:
         if count:
             return out
         if out is not None:
-            np.array(out)
+            out.tolist()  # read back, as Kyutai's side reads its text token
         else:
             mx.eval(gen.tokens)
 
@@ -294,7 +301,9 @@ def ours(args: dict) -> dict:
         mx.eval(toks)
 
     comp["sampling"] = _median(timed(sampling, n))
-    if args["mimi"]:
+    if args["mimi"]:  # imported here: Mimi's modules (numpy) are no part of the LM's memory
+        from moshi_mlx.models.mimi import Mimi
+
         comp.update(time_mimi(Mimi, MimiConfig.mimi_202407(num_codebooks=cfg.dep_q), n, cfg.dep_q))
     result["components_ms"] = comp
     return result

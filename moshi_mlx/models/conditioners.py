@@ -12,7 +12,6 @@ guidance contrasts with: the conditioner then outputs its `learnt_padding`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -33,6 +32,8 @@ class Condition:
 
 def hash_trick(word: str, vocab_size: int) -> int:
     """Index of `word` in a LUT without a list of possible values (torch `hash_trick`: sha256 mod vocab)."""
+    import hashlib  # here: it loads libcrypto, which streaming never needs
+
     return int(hashlib.sha256(word.encode("utf-8")).hexdigest(), 16) % vocab_size
 
 

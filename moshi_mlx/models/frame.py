@@ -16,8 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..modules.attention import rope_rotation
-from ..modules.transformer import Linear, call, sin_embedding
-from .lm import Lm
+from ..modules.transformer import Linear, StepOps, attention_bias, call, rope_rotations, sin_embedding
+from .lm import ZERO_TOKEN, Lm, ScaledEmbedding
 
 Sampler = Callable[..., mx.array]
 
@@ -44,14 +44,19 @@ class FrameSpec:
 
 def transposed_linear(lm: Lm) -> Linear:
     """Applies plain bias-free `nn.Linear` layers with their weights' transposed views taken once
-    (no transpose node per call and frame); any other module (quantized, LoRA, with bias) is called.
-    The views share the weights' memory and see the weights as they are now."""
+    (no transpose node per call and frame), a residual sum fused into the product (`mx.addmm`);
+    any other module (quantized, LoRA, with bias) is called. The views share the weights' memory
+    and see the weights as they are now."""
     views = {id(m): m.weight.T for _, m in lm.named_modules() if type(m) is nn.Linear and "bias" not in m}
     mx.eval(list(views.values()))
 
-    def apply(module: nn.Module, x: mx.array) -> mx.array:
+    def apply(module: nn.Module, x: mx.array, residual: mx.array | None = None) -> mx.array:
         wt = views.get(id(module))
-        return module(x) if wt is None else x @ wt
+        if wt is None:
+            return call(module, x, residual)
+        if residual is None:
+            return x @ wt
+        return mx.addmm(residual.astype(wt.dtype), x, wt)
 
     return apply
 
@@ -97,7 +102,7 @@ def moshi_frame(
     slot: mx.array,
     filled: mx.array | None,
     user: mx.array,
-    forced: mx.array,
+    forced: mx.array | None,
 ) -> tuple[mx.array, list[mx.array], mx.array, mx.array]:
     """Runs frame `step` (int32 scalar array).
 
@@ -111,7 +116,8 @@ def moshi_frame(
         filled: Slots written after this step's write (masks the unwritten ones); None when
             every slot holds a key (a full ring).
         user: The user's codebooks `[B, n_q - dep_q]`.
-        forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`
+        forced: `[B, 1 + dep_q]` tokens replacing sampled ones where not `ungenerated_token_id`, or
+            None (nothing forced; a smaller graph)
             (`[B, 2 + dep_q]` with `spec.text_choice`: the last column is the text forced when the
             sampler draws `text_choice`).
 
@@ -136,9 +142,12 @@ def moshi_frame(
     keys = mx.random.split(key, 2 + dq)
     key = keys[0]
 
-    # Temporal transformer, one position, as [B, D].
-    tcfg, lin = cfg.transformer, spec.linear
-    x = lm.embed(inputs)
+    # Temporal transformer, one position, as [B, D]. On the CPU backend every graph node costs a
+    # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (exact, see
+    # `rope_rotation`) replace the many nodes fast.rope, rms_norm and attention expand to there.
+    tcfg = cfg.transformer
+    ops = StepOps(spec.linear, lean=mx.default_device().type == mx.cpu)
+    x = _embed(lm, inputs)
     cfg_on = spec.cfg_coef != 1.0
     if cfg_on:  # torch repeats the input tokens; their embeddings are the same
         x = mx.concatenate([x, x])
@@ -147,38 +156,47 @@ def moshi_frame(
     if tcfg.positional_embedding == "sin":
         x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
     mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
-    # On the CPU backend `mx.fast.rope` becomes ~15 graph nodes per call: one rotation matrix per
-    # frame, applied by a matrix product, replaces them (equal results; GPUs keep the fused kernel).
-    rotation = None
-    if tcfg.positional_embedding == "rope" and mx.default_device().type == mx.cpu:
+    layer0 = lm.transformer.layers[0].self_attn
+    if ops.lean_attention(layer0):
+        mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, kv[0].shape[2]), kv[0].dtype)
+    rotations = None
+    if tcfg.positional_embedding == "rope" and ops.lean:
         rotation = rope_rotation(step, tcfg.head_dim, tcfg.max_period)
+        rotations = rope_rotations(rotation, tcfg.num_heads, tcfg.num_kv_heads)
     new_kv = []
     for i, layer in enumerate(lm.transformer.layers):
         cross = None if spec.cross_kv is None else spec.cross_kv[i]
-        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, lin, cross, rotation)
+        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, ops, cross, rotations)
         new_kv += [k_buf, v_buf]
-    hidden = lm.out_norm(x)
-    text_logits = _guided(lin(lm.text_linear, hidden), spec.cfg_coef, B)
+    hidden = ops.norm(lm.out_norm, x)
+    text_logits = _guided(ops.linear(lm.text_linear, hidden), spec.cfg_coef, B)
 
     ungen = cfg.ungenerated_token_id
     text = spec.text_sampler(text_logits.astype(mx.float32), keys[1])
-    forced_text = forced[:, 0]
-    if spec.text_choice is not None:
-        sampled, forced_text = text, mx.where(text == spec.text_choice, forced[:, -1], forced_text)
-    text = mx.where(forced_text != ungen, forced_text, text)
+    if forced is not None:
+        forced_text = forced[:, 0]
+        if spec.text_choice is not None:
+            sampled, forced_text = text, mx.where(text == spec.text_choice, forced[:, -1], forced_text)
+        text = mx.where(forced_text != ungen, forced_text, text)
     out_tokens = [text]
 
     # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
     prev = text
-    dkeys: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
-    dvalues: list[list[mx.array]] = [[] for _ in lm.depformer.layers] if dq else []
+    layers = lm.depformer.layers
+    dkeys: list[list[mx.array]] = [[] for _ in layers] if dq else []
+    dvalues: list[list[mx.array]] = [[] for _ in layers] if dq else []
     for k in range(dq):
         prev_in = mx.concatenate([prev, prev]) if cfg_on else prev
-        y = lin(lm.depformer_in[cfg.depformer_in_index(k)], hidden) + lm._depformer_token_emb(k, prev_in)
-        for j, layer in enumerate(lm.depformer.layers):
-            y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, lin)
-        tok = spec.audio_sampler(_guided(lin(lm.linears[k], y), spec.cfg_coef, B).astype(mx.float32), keys[2 + k])
-        tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
+        y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, _embed_one(lm.depformer_table(k), prev_in))
+        bias = None
+        if layers and ops.lean_attention(layers[0].self_attn):  # zero bias of this codebook's window
+            bias = mx.zeros((y.shape[0], layers[0].cfg.num_heads, 1, layers[0].frame_window(k)), dtype=y.dtype)
+        for j, layer in enumerate(layers):
+            y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
+        logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
+        tok = spec.audio_sampler(logits.astype(mx.float32), keys[2 + k])
+        if forced is not None:
+            tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
         out_tokens.append(tok)
         prev = tok
 
@@ -194,6 +212,34 @@ def moshi_frame(
     if spec.text_choice is not None:
         extra.append(sampled)  # what the sampler drew, before forcing: the state machine reads it
     return tokens, new_kv, key, out, extra
+
+
+def _embed(lm: Lm, tokens: mx.array) -> mx.array:
+    """`lm.embed` of one position's `[B, K]` tokens, `[B, D]`: plain tables are read with one gather
+    each (zero tokens masked in the sum) instead of the per-stream graph `ScaledEmbedding` builds."""
+    tables = [lm.text_emb, *lm.emb]
+    if not all(_plain(t) for t in tables):
+        return lm.embed(tokens[:, :, None])[:, 0]
+    K = len(tables)
+    index = mx.split(mx.maximum(tokens, 0), K, axis=1)  # [B, 1] each
+    zero = mx.split((tokens == ZERO_TOKEN)[:, :, None], K, axis=1)  # [B, 1, 1] each
+    parts = [mx.where(z, mx.array(0, t.weight.dtype), t.weight[i]) for t, i, z in zip(tables, index, zero)]
+    x = None
+    for e in parts[1:] + parts[:1]:  # audio streams first, then text: `lm.embed`'s order of sums
+        x = e if x is None else x + e
+    return x[:, 0]
+
+
+def _embed_one(table: nn.Module, tokens: mx.array) -> mx.array:
+    """`table(tokens)` of `[B]` tokens, `[B, D]` (one gather for a plain table)."""
+    if not _plain(table):
+        return table(tokens)
+    return mx.where(tokens[:, None] == ZERO_TOKEN, mx.array(0, table.weight.dtype), table.weight[mx.maximum(tokens, 0)])
+
+
+def _plain(table: nn.Module) -> bool:
+    """A `ScaledEmbedding` that is a plain table (no low rank, demux or quantization)."""
+    return type(table) is ScaledEmbedding and "low_rank" not in table and "out1" not in table
 
 
 def _guided(logits: mx.array, cfg_coef: float, B: int) -> mx.array:

@@ -237,8 +237,12 @@ class Lm(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Depformer
 
+    def depformer_table(self, k: int) -> nn.Module:
+        """The embedding of codebook `k`'s input token (the text token for k = 0)."""
+        return self.depformer_text_emb if k == 0 else self.depformer_emb[k - 1]
+
     def _depformer_token_emb(self, k: int, tokens: mx.array) -> mx.array:
-        return self.depformer_text_emb(tokens) if k == 0 else self.depformer_emb[k - 1](tokens)
+        return self.depformer_table(k)(tokens)
 
     def depformer_step(self, k: int, prev_token: mx.array, hidden: mx.array, cache: list[Cache]) -> mx.array:
         """Logits `[B, card]` of audio codebook `k` given the previous token `[B]` (text for k = 0)

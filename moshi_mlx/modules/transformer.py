@@ -14,12 +14,63 @@ from .cross_attention import CrossSource, add_cross_attention, apply_cross_atten
 from .kv_cache import KVCache, RingKVCache
 
 
-Linear = Callable[[nn.Module, mx.array], mx.array]  # applies a Linear-like module to an input
+# Applies a Linear-like module to an input, `linear(module, x, residual=None)`; with `residual`,
+# returns `residual + module(x)` (a fused matrix product and sum where the applier can).
+Linear = Callable[..., mx.array]
 
 
-def call(module: nn.Module, x: mx.array) -> mx.array:
-    """`module(x)`: the default way the single-position steps apply their Linear layers."""
-    return module(x)
+def call(module: nn.Module, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    """`module(x)` [+ `residual`]: the default way the single-position steps apply their Linear layers."""
+    y = module(x)
+    return y if residual is None else residual.astype(y.dtype) + y
+
+
+class StepOps:
+    """How the single-position steps (`step_into`, `step_in_frame`) compute: Linear layers through
+    `linear`, and with `lean` (the CPU backend, where every graph node costs a dispatch) RMSNorm and
+    attention in the fewest nodes, with the same formulas as `mx.fast.rms_norm` and the fast
+    attention's own CPU fallback (the attention's scale and mask then fold into one `mx.addmm`).
+    GPUs keep the fused kernels (`lean=False`)."""
+
+    def __init__(self, linear: Linear = call, lean: bool = False):
+        self.linear = linear
+        self.lean = lean
+
+    def norm(self, module: nn.Module, x: mx.array) -> mx.array:
+        if not (self.lean and isinstance(module, RMSNorm)):
+            return module(x)
+        # fast.rms_norm's formula; the square is taken of |x| in fp32, a chain that fuses into one kernel.
+        out_type = mx.result_type(x, module.weight)
+        ms = mx.mean(mx.square(mx.abs(x).astype(mx.float32)), axis=-1, keepdims=True)
+        y = (x.astype(mx.float32) * mx.rsqrt(ms + module.eps)).astype(out_type)
+        return y * module.weight.astype(out_type)
+
+    def attend(self, attn: Attention, q: mx.array, keys: mx.array, values: mx.array, mask: mx.array | None) -> mx.array:
+        """One query position, `[B, H, 1, Dh]`; `mask`: None (every key), boolean `[1, S]`, or the
+        additive `[B, H, 1, S]` bias of `attention_bias` (what `lean_attention` needs to fold it in)."""
+        if mask is None or not self.lean_attention(attn):
+            return attn.attend_one(q, keys, values, mask)
+        scores = mx.addmm(mask, q, keys.swapaxes(-1, -2), alpha=attn.scale)
+        return mx.softmax(scores, axis=-1, precise=True) @ values
+
+    def lean_attention(self, attn: Attention) -> bool:
+        """Whether `attend` takes an additive bias for this attention (lean, one key head per head)."""
+        return self.lean and attn._heads == attn._kv_heads
+
+
+def attention_bias(mask: mx.array | None, shape: tuple[int, ...], dtype: mx.Dtype) -> mx.array:
+    """The additive `shape` (`[B, H, 1, S]`) bias of a boolean `[1, S]` mask: 0 where allowed, -inf elsewhere."""
+    if mask is None:
+        return mx.zeros(shape, dtype=dtype)
+    return mx.broadcast_to(mx.where(mask, mx.array(0, dtype), mx.array(-mx.inf, dtype)), shape)
+
+
+def rope_rotations(rotation: mx.array, heads: int, kv_heads: int) -> mx.array:
+    """`[1, H + 2 Hkv, Dh, Dh]`: `rotation` (`rope_rotation`) for every query and key head, the
+    identity for the value heads, so one batched product rotates a `[B, H + 2 Hkv, 1, Dh]` q|k|v."""
+    Dh = rotation.shape[-1]
+    rot = mx.broadcast_to(rotation, (heads + kv_heads, Dh, Dh))
+    return mx.concatenate([rot, mx.broadcast_to(mx.eye(Dh, dtype=rotation.dtype), (kv_heads, Dh, Dh))])[None]
 
 
 class RMSNorm(nn.Module):
@@ -180,69 +231,82 @@ class TransformerLayer(nn.Module):
     # through `linear(module, x)` (e.g. with pre-transposed weights).
 
     def _project_one(
-        self, x: mx.array, pos: int | mx.array, w: int, linear: Linear, rotation: mx.array | None = None
+        self, x: mx.array, pos: int | mx.array, w: int, ops: StepOps, rotations: mx.array | None = None
     ) -> tuple[mx.array, ...]:
-        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE as `rotation` (`rope_rotation`
+        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE by `rotations` (`rope_rotations`
         of `pos`) when given, else `mx.fast.rope`."""
         attn = self.self_attn
         B, H, Hk, Dh = x.shape[0], attn._heads, attn._kv_heads, attn._head_dim
-        q, k, v = mx.split(linear(attn.in_projs[w], self.norm1(x)), [H * Dh, (H + Hk) * Dh], axis=-1)
-        q, k, v = q.reshape(B, H, 1, Dh), k.reshape(B, Hk, 1, Dh), v.reshape(B, Hk, 1, Dh)
-        if attn._rope and rotation is not None:
-            q, k = rotate(q, rotation), rotate(k, rotation)
-        elif attn._rope:
+        qkv = ops.linear(attn.in_projs[w], ops.norm(self.norm1, x)).reshape(B, H + 2 * Hk, 1, Dh)
+        if attn._rope and rotations is not None:
+            qkv = rotate(qkv, rotations)
+        q, k, v = mx.split(qkv, [H, H + Hk], axis=1)
+        if attn._rope and rotations is None:
             q = apply_rope(q, pos, self.cfg.max_period)
             k = apply_rope(k, pos, self.cfg.max_period)
         return q, k, v
 
-    def _finish_one(self, x: mx.array, y: mx.array, w: int, linear: Linear, cross: CrossSource | None = None) -> mx.array:
+    def _finish_one(self, x: mx.array, y: mx.array, w: int, ops: StepOps, cross: CrossSource | None = None) -> mx.array:
         """`x` `[B, D]` plus the attention output `y` `[B, H, 1, Dh]`, then the feed-forward block."""
-        cfg = self.cfg
-        update = linear(self.self_attn.out_projs[w], y.reshape(x.shape[0], -1))
-        if cfg.layer_scale is not None:
-            update = self.layer_scale_1(update)
-        x = x.astype(update.dtype) + update
+        cfg, linear = self.cfg, ops.linear
+        scaled = cfg.layer_scale is not None
+        y = y.reshape(x.shape[0], -1)
+        if scaled:
+            update = self.layer_scale_1(linear(self.self_attn.out_projs[w], y))
+            x = x.astype(update.dtype) + update
+        else:
+            x = linear(self.self_attn.out_projs[w], y, x)
         if cfg.cross_attention:
             x = apply_cross_attention(self, x[:, None], cross)[:, 0]
-        h = self.norm2(x)
+        h = ops.norm(self.norm2, x)
         if cfg.gating == "none":
-            update = linear(self.linear2, nn.gelu(linear(self.linear1, h)))
+            out, h = self.linear2, nn.gelu(linear(self.linear1, h))
         else:
             gating = self.gating[w] if cfg.weights_per_step else self.gating
             gate, value = mx.split(linear(gating.linear_in, h), 2, axis=-1)
-            update = linear(gating.linear_out, _ACTIVATIONS[gating.activation](gate) * value)
-        if cfg.layer_scale is not None:
-            update = self.layer_scale_2(update)
-        return x.astype(update.dtype) + update
+            out, h = gating.linear_out, _ACTIVATIONS[gating.activation](gate) * value
+        if scaled:
+            update = self.layer_scale_2(linear(out, h))
+            return x.astype(update.dtype) + update
+        return linear(out, h, x)
 
     def step_into(
         self, x: mx.array, keys: mx.array, values: mx.array, pos: mx.array, slot: mx.array,
-        mask: mx.array | None, linear: Linear = call, cross: CrossSource | None = None,
-        rotation: mx.array | None = None,
+        mask: mx.array | None, ops: StepOps, cross: CrossSource | None = None,
+        rotations: mx.array | None = None,
     ) -> tuple[mx.array, mx.array, mx.array]:
         """One position `pos` (array) of `x` `[B, D]` whose key/value go to slot `slot` (array) of the
-        fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` `[1, S]`
-        allows (None: every slot); `rotation`: RoPE of `pos` as a matrix (see `_project_one`).
+        fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` allows
+        (see `StepOps.attend`); `rotations`: RoPE of `pos` as matrices (see `_project_one`).
         Returns (output, keys, values); a pure function of its inputs."""
-        q, k, v = self._project_one(x, pos, 0, linear, rotation)
+        q, k, v = self._project_one(x, pos, 0, ops, rotations)
         keys = mx.slice_update(keys, k.astype(keys.dtype), slot, axes=(2,))
         values = mx.slice_update(values, v.astype(values.dtype), slot, axes=(2,))
-        return self._finish_one(x, self.self_attn.attend_one(q, keys, values, mask), 0, linear, cross), keys, values
+        y = ops.attend(self.self_attn, q, keys, values, mask)
+        return self._finish_one(x, y, 0, ops, cross), keys, values
 
     def step_in_frame(
-        self, x: mx.array, keys: list[mx.array], values: list[mx.array], index: int, linear: Linear = call
+        self, x: mx.array, keys: list[mx.array], values: list[mx.array], index: int, ops: StepOps,
+        bias: mx.array | None = None,
     ) -> mx.array:
         """Position `index` (`x` `[B, D]`) of a short stream that lives within one frame (the
         depformer's codebooks): appends its key/value to `keys`/`values` (positions `0..index-1`
-        before the call), attends to the last `context` of them, with the weight set of `index`."""
+        before the call), attends to the last `context` of them (`frame_window`), with the weight set
+        of `index`; `bias`: the zero attention bias of that window when `ops.lean_attention`."""
         w = self.cfg.step_weight_index(index)
-        q, k, v = self._project_one(x, index, w, linear)
+        q, k, v = self._project_one(x, index, w, ops)
         keys.append(k)
         values.append(v)
-        window = len(keys) if self.cfg.context is None else min(len(keys), self.cfg.context)
+        window = self.frame_window(index)
+        if window == 1 and q.shape[1] == v.shape[1]:  # softmax over one key is exactly 1: the output is v
+            return self._finish_one(x, v, w, ops)
         ks = keys[-1] if window == 1 else mx.concatenate(keys[-window:], axis=2)
         vs = values[-1] if window == 1 else mx.concatenate(values[-window:], axis=2)
-        return self._finish_one(x, self.self_attn.attend_one(q, ks, vs, None), w, linear)
+        return self._finish_one(x, ops.attend(self.self_attn, q, ks, vs, bias), w, ops)
+
+    def frame_window(self, index: int) -> int:
+        """Keys position `index` of an in-frame stream attends to (itself and up to `context - 1` before)."""
+        return index + 1 if self.cfg.context is None else min(index + 1, self.cfg.context)
 
     def __call__(self, x: mx.array, cache: Cache | None = None, cross: mx.array | None = None) -> mx.array:
         if cache is not None and x.shape[1] == 1 and not self.cfg.cross_attention:
