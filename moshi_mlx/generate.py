@@ -19,7 +19,7 @@ import mlx.core as mx
 
 from .errors import InvalidArgument
 from .models.conditioners import Condition
-from .models.frame import FrameSpec, kv_dtype, moshi_frame, supports_compiled_frame, transposed_linear
+from .models.frame import FrameSpec, depth_part, kv_dtype, supports_compiled_frame, temporal_part, transposed_linear
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
@@ -33,8 +33,9 @@ COMPILE_ENV = "MOSHI_MLX_COMPILE"  # "0": run the frame op by op (debugging)
 class LmGen:
     """Streaming generator over an `Lm`; holds its own KV buffers, token ring and random key.
 
-    Each step runs one frame as a single compiled graph (`models.frame.moshi_frame`); with
-    `compiled=False` (or env `MOSHI_MLX_COMPILE=0`) the same function runs op by op, for debugging.
+    Each step runs one frame as two compiled graphs (`models.frame.temporal_part`, then
+    `depth_part`, built while the first runs); the KV buffers are updated in place. With
+    `compiled=False` (or env `MOSHI_MLX_COMPILE=0`) the same functions run op by op, for debugging.
     Memory is bounded when the model config has a `context` (ring of `context` positions), so a
     conversation can run for any number of steps. The weights are read when the frame graph is
     built, at the first step after `reset()`: call `reset()` after changing them.
@@ -108,26 +109,29 @@ class LmGen:
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
         self._spec = replace(self._spec, linear=transposed_linear(self.lm))
-        self._frames: dict[tuple[bool, bool], Callable] = {}
+        self._frames: dict[tuple[bool, bool] | bool, Callable] = {}
 
-    def _frame(self, masked: bool, forcing: bool) -> Callable:
-        """The frame function (compiled unless `compiled=False`) for a partly filled KV buffer
-        (`masked`) or a full one, with or without forced tokens; built on first use."""
-        fn = self._frames.get((masked, forcing))
-        if fn is None:
-            spec = self._spec
+    def _parts(self, masked: bool, forcing: bool) -> tuple[Callable, Callable]:
+        """The frame's two parts (`models.frame.temporal_part`, `depth_part`; compiled unless
+        `compiled=False`) for a partly filled KV buffer (`masked`) or a full one, with or without
+        forced tokens; built on first use."""
+        spec, wrap = self._spec, (mx.compile if self.compiled else (lambda fn: fn))
+        temporal = self._frames.get((masked, forcing))
+        if temporal is None:
 
-            def frame(tokens, kv, key, step, slot, filled, user, forced):
-                return moshi_frame(spec, tokens, kv, key, step, slot, filled, user, forced)
+            def run_temporal(tokens, kv, key, step, slot, *rest):
+                filled, rest = (rest[0], rest[1:]) if masked else (None, rest)
+                return temporal_part(spec, tokens, kv, key, step, slot, filled, rest[0], rest[1] if forcing else None)
 
-            variant = {
-                (True, True): frame,
-                (True, False): lambda t, kv, k, st, sl, f, u: frame(t, kv, k, st, sl, f, u, None),
-                (False, True): lambda t, kv, k, st, sl, u, fo: frame(t, kv, k, st, sl, None, u, fo),
-                (False, False): lambda t, kv, k, st, sl, u: frame(t, kv, k, st, sl, None, u, None),
-            }[masked, forcing]
-            fn = self._frames[masked, forcing] = mx.compile(variant) if self.compiled else variant
-        return fn
+            temporal = self._frames[masked, forcing] = wrap(run_temporal)
+        depth = self._frames.get(forcing)
+        if depth is None:
+
+            def run_depth(tokens, hidden, text, keys, step, *forced):
+                return depth_part(spec, tokens, hidden, text, keys, step, forced[0] if forcing else None)
+
+            depth = self._frames[forcing] = wrap(run_depth)
+        return temporal, depth
 
     @property
     def kv_nbytes(self) -> int:
@@ -193,16 +197,27 @@ class LmGen:
             forced = mx.concatenate([forced, alt], axis=1)
         o = self.offset
         slot, filled = self._buffers_for(o)
-        args = [self.tokens, self.kv, self.key, mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)]
+        step = mx.array(o, dtype=mx.int32)
+        args = [self.tokens, self.kv, self.key, step, mx.array([slot], dtype=mx.int32)]
         if filled is not None:
             args.append(mx.array(filled, dtype=mx.int32))
-        args.append(user)
-        if forced is not None:
-            args.append(forced)
-        tokens, kv, key, out, extra = self._frame(filled is not None, forced is not None)(*args)
-        self.tokens, self.kv, self.key = tokens, kv, key
+        forcing = [] if forced is None else [forced]
+        temporal, depth = self._parts(filled is not None, forced is not None)
+        # From here the graph holds the only references to the old KV buffers, so that their slice
+        # updates write in place (a buffer referenced elsewhere is copied whole, every step).
+        self.kv = None
+        try:
+            result = temporal(*args, user, *forcing)
+        except BaseException:
+            self.kv = args[1]
+            raise
+        del args
+        tokens, self.kv, self.key, hidden, text, keys, extra = result
+        del result
+        mx.async_eval(hidden, text, keys)  # the temporal transformer runs while the depformer's graph is built
+        self.tokens, out = depth(tokens, hidden, text, keys, step, *forcing)
         self.offset = o + 1
-        mx.async_eval(out, tokens, key, *kv, *extra)
+        mx.async_eval(out, self.tokens, self.key, *self.kv, *extra)
         if self._spec.text_choice is not None:
             *extra, self.sampled_text = extra
         self.extra_heads = extra

@@ -4,14 +4,18 @@ KV-buffer growth, ring wrap-around, sampling with keys, forced tokens and batch 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from moshi_mlx.config import LmConfig
 from moshi_mlx.generate import LmGen
+from moshi_mlx.models.frame import embed_step
 from moshi_mlx.models.lm import Lm
 from moshi_mlx.modules.kv_cache import bucket_size
+from moshi_mlx.modules.transformer import StepOps, attention_bias
 from moshi_mlx.sampling import make_sampler
 
 # Moshi's stream layout in miniature; the context (300) exceeds the first buffer bucket (128), so a
@@ -92,13 +96,21 @@ def run_reference(lm: Lm, user: np.ndarray, temp: float, seed: int) -> np.ndarra
     return np.stack(outs)
 
 
+def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
+    """`gen` with the frame's CPU formulation (`lean=True`) or the fused-kernel one GPUs use."""
+    gen._spec = replace(gen._spec, lean=lean)
+    gen._frames.clear()
+    return gen
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["cpu-formulation", "gpu-formulation"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch):
+def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean):
     lm = model()
     user = user_codes(batch)
     sampled = dict(text_sampler=make_sampler(1.0, top_k=20), audio_sampler=make_sampler(1.0, top_k=20))
-    compiled = run_gen(LmGen(lm, batch_size=batch, seed=3, compiled=True, **sampled), user)
-    eager = run_gen(LmGen(lm, batch_size=batch, seed=3, compiled=False, **sampled), user)
+    compiled = run_gen(frame_formulation(LmGen(lm, batch_size=batch, seed=3, compiled=True, **sampled), lean), user)
+    eager = run_gen(frame_formulation(LmGen(lm, batch_size=batch, seed=3, compiled=False, **sampled), lean), user)
     reference = run_reference(lm, user, temp=1.0, seed=3)
     assert compiled.shape == (STEPS - lm.cfg.max_delay, batch, 1 + lm.cfg.dep_q)
     assert np.array_equal(compiled, eager)
@@ -120,6 +132,21 @@ def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
     assert sizes[-1] == 300 and sizes.index(300) == 256  # grows only until the ring is full
     gen.reset()
     assert gen.offset == 0 and gen.kv_nbytes == 0
+
+
+def test_kv_buffers_are_written_in_place():
+    """Between bucket growths a step writes its key/value into the buffers it was given: a buffer
+    still referenced elsewhere would be copied whole, every step (1.5 GB a step for the 7B's
+    full window)."""
+    lm = model()
+    gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
+    address = lambda a: np.asarray(a).__array_interface__["data"][0]  # noqa: E731
+    seen = []
+    for _ in range(6):
+        gen.step(mx.zeros((1, 2), dtype=mx.int32))
+        mx.eval(*gen.kv)
+        seen.append([address(a) for a in gen.kv])
+    assert all(s == seen[0] for s in seen), "the KV buffers moved: their slice updates copied them"
 
 
 def test_a_model_without_context_keeps_growing():
@@ -149,3 +176,29 @@ def test_reset_reads_changed_weights():
     after = run_gen(gen, user)
     fresh = run_gen(LmGen(lm, make_sampler(0.0), make_sampler(0.0)), user)
     assert np.array_equal(after, fresh) and not np.array_equal(after[:, :, 0], before[:, :, 0])
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_cpu_formulation_pieces_equal_the_fused_ones(dtype):
+    """`StepOps(lean=True)` and the frame's embedding give what the fused kernels and `Lm.embed` give:
+    RMSNorm and the embeddings bit for bit, attention (scale and mask folded into one addmm) to
+    rounding."""
+    lm = model()
+    lm.set_dtype(dtype)
+    lean = StepOps(lean=True)
+    norm = lm.transformer.layers[0].norm1
+    norm.weight = mx.random.normal(norm.weight.shape).astype(dtype)
+    x = (4 * mx.random.normal((3, norm.weight.shape[0]))).astype(dtype)
+    assert mx.array_equal(lean.norm(norm, x), norm(x))
+
+    attn = lm.transformer.layers[0].self_attn
+    B, H, S, Dh = 2, attn._heads, 9, attn._head_dim
+    q, k, v = (mx.random.normal((B, H, n, Dh)).astype(dtype) for n in (1, S, S))
+    mask = (mx.arange(S) < 6)[None, :]
+    for m in (mask, None):
+        bias = attention_bias(m, (B, H, 1, S), dtype)
+        got, want = lean.attend(attn, q, k, v, bias), attn.attend_one(q, k, v, m)
+        assert mx.allclose(got, want, atol=1e-6 if dtype == mx.float32 else 2e-2).item()
+
+    tokens = mx.array(np.random.default_rng(1).integers(-1, 30, size=(2, lm.cfg.num_codebooks)), dtype=mx.int32)
+    assert mx.array_equal(embed_step(lm, tokens), lm.embed(tokens[:, :, None])[:, 0])

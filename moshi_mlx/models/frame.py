@@ -1,10 +1,12 @@
-"""One streaming frame of Moshi as a pure function, so that `mx.compile` turns it into one graph.
+"""One streaming frame of Moshi as pure functions, so that `mx.compile` turns it into fixed graphs.
 
 `moshi_frame(...)` runs what `LmGen.step` does for one 80 ms frame — token-ring bookkeeping,
 temporal transformer, text sampler, the depformer's codebook steps and the audio sampler — on
 explicit state: the token ring, the temporal KV buffers (fixed shape, written at an array slot),
 the random key and the frame index (an array). Step 3 and step 30,000 therefore run the same
-graph; only the KV buffer length changes, at a few bucket sizes (see `modules.kv_cache`).
+graphs; only the KV buffer length changes, at a few bucket sizes (see `modules.kv_cache`).
+It is two parts, `temporal_part` then `depth_part`, one compiled graph each: `LmGen` starts the
+first before it builds the second, so building the depformer's graph overlaps the temporal work.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class FrameSpec:
     # TTS's state machine: when the text sampler draws `text_choice`, the forced text is the last
     # column of `forced` instead of the first; the frame then also returns the sampled text.
     text_choice: int | None = None
+    # `StepOps(lean=...)` and RoPE as matrix products: None picks them on the CPU backend only.
+    lean: bool | None = None
 
 
 def transposed_linear(lm: Lm) -> Linear:
@@ -81,16 +85,43 @@ def kv_dtype(lm: Lm) -> mx.Dtype:
     return k.dtype
 
 
-def _ring_write(tokens: mx.array, values: mx.array, columns: mx.array, streams: mx.array) -> mx.array:
-    """`tokens` `[B, K, CT]` with `values[:, k]` written at column `columns[k]` for the streams where
-    `streams[k]` is True."""
-    hit = (mx.arange(tokens.shape[2])[None, :] == columns[:, None]) & streams[:, None]
-    return mx.where(hit[None], values[:, :, None], tokens)
+class _Ring:
+    """The token ring's constants for one frame, made from Python lists (constants of the frame
+    graph, no nodes); `[1, K, 1]` per stream, `[1, 1, CT]` per column."""
 
+    def __init__(self, spec: FrameSpec):
+        cfg, K = spec.lm.cfg, spec.lm.cfg.num_codebooks
+        self.ring, self.dq = spec.ring, cfg.dep_q
+        self.delays = mx.array([[[d] for d in cfg.delays]], dtype=mx.int32)
+        self.user = mx.array([[[k > cfg.dep_q] for k in range(K)]])  # streams the user's codebooks fill
+        self.columns = mx.array([[list(range(spec.ring))]], dtype=mx.int32)
+        initial = [cfg.text_initial_token_id] + [cfg.initial_token_id] * cfg.n_q
+        self.initial = mx.array([initial], dtype=mx.int32)
+        self.delays_row = mx.array([cfg.delays], dtype=mx.int32)
+        self.out_delays = mx.array([[[d] for d in cfg.delays[: 1 + cfg.dep_q]]], dtype=mx.int32)
+        self.max_delay = cfg.max_delay
 
-def _ring_read(tokens: mx.array, columns: mx.array) -> mx.array:
-    """`[B, K]`: column `columns[k]` of stream k."""
-    return mx.take_along_axis(tokens, columns[None, :, None], axis=2)[:, :, 0]
+    def write_user(self, tokens: mx.array, user: mx.array, step: mx.array) -> mx.array:
+        """The user's codebook j written `delay_j` columns ahead of `step`."""
+        hit = (self.columns == (step + self.delays) % self.ring) & self.user
+        values = mx.pad(user, [(0, 0), (1 + self.dq, 0)])[:, :, None]
+        return mx.where(hit, values, tokens)
+
+    def inputs(self, tokens: mx.array, step: mx.array) -> mx.array:
+        """`[B, K]`: column `step` of every stream, or its initial token while `step <= delay`."""
+        column = mx.take(tokens, step % self.ring, axis=2)
+        return mx.where(step <= self.delays_row, self.initial, column)
+
+    def write_generated(self, tokens: mx.array, generated: list[mx.array], step: mx.array) -> mx.array:
+        """This step's text and audio tokens (`[B]` each) at column `step + 1`, fed back next step."""
+        new = mx.stack(generated, axis=1)[:, :, None]  # [B, 1 + dq, 1]
+        head = mx.where(self.columns == (step + 1) % self.ring, new, tokens[:, : 1 + self.dq])
+        return mx.concatenate([head, tokens[:, 1 + self.dq :]], axis=1)
+
+    def output(self, tokens: mx.array, step: mx.array) -> mx.array:
+        """`[B, 1 + dq]`: the generated streams' tokens of frame `step - max_delay`."""
+        read = (step + 1 - self.max_delay + self.out_delays) % self.ring
+        return mx.take_along_axis(tokens[:, : 1 + self.dq], read, axis=2)[:, :, 0]
 
 
 def moshi_frame(
@@ -103,8 +134,8 @@ def moshi_frame(
     filled: mx.array | None,
     user: mx.array,
     forced: mx.array | None,
-) -> tuple[mx.array, list[mx.array], mx.array, mx.array]:
-    """Runs frame `step` (int32 scalar array).
+) -> tuple[mx.array, list[mx.array], mx.array, mx.array, list[mx.array]]:
+    """Runs frame `step` (int32 scalar array): `temporal_part`, then `depth_part`.
 
     Args:
         spec: Model, samplers and ring size.
@@ -126,38 +157,41 @@ def moshi_frame(
         `step - max_delay` (meaningful once `step >= max_delay`) and the extra heads'
         probabilities of this step (`[B', extra_heads_dim]` each; none without extra heads).
     """
-    lm, cfg = spec.lm, spec.lm.cfg
-    dq, K, CT = cfg.dep_q, cfg.num_codebooks, spec.ring
-    delays = mx.array(cfg.delays, dtype=mx.int32)
-    generated = mx.arange(K) <= dq  # streams Moshi generates: text and its audio codebooks
-    B = tokens.shape[0]
+    tokens, kv, key, hidden, text, keys, extra = temporal_part(spec, tokens, kv, key, step, slot, filled, user, forced)
+    tokens, out = depth_part(spec, tokens, hidden, text, keys, step, forced)
+    return tokens, kv, key, out, extra
 
-    # The user's codebook j is written `delay` columns ahead; this step reads column `step`.
-    user_all = mx.concatenate([mx.zeros((B, 1 + dq), dtype=mx.int32), user], axis=1)
-    tokens = _ring_write(tokens, user_all, (step + delays) % CT, ~generated)
-    column = _ring_read(tokens, mx.broadcast_to(step % CT, (K,)))
-    initial = mx.array([cfg.text_initial_token_id] + [cfg.initial_token_id] * cfg.n_q, dtype=mx.int32)
-    inputs = mx.where((step <= delays)[None, :], initial[None, :], column)
+
+def temporal_part(
+    spec: FrameSpec, tokens: mx.array, kv: list[mx.array], key: mx.array, step: mx.array,
+    slot: mx.array, filled: mx.array | None, user: mx.array, forced: mx.array | None,
+) -> tuple[mx.array, list[mx.array], mx.array, mx.array, mx.array, mx.array, list[mx.array]]:
+    """The first part of `moshi_frame` (same arguments): the user's tokens into the ring, the
+    temporal transformer and the text token. Returns (tokens, kv, key, hidden `[B', D]`, text `[B]`,
+    the depformer samplers' keys `[dep_q, 2]`, extra)."""
+    lm, cfg = spec.lm, spec.lm.cfg
+    dq, B = cfg.dep_q, tokens.shape[0]
+    ring = _Ring(spec)
+    tokens = ring.write_user(tokens, user, step)
+    inputs = ring.inputs(tokens, step)
 
     keys = mx.random.split(key, 2 + dq)
-    key = keys[0]
+    key, text_key = _unstack_keys(keys[:2])
 
     # Temporal transformer, one position, as [B, D]. On the CPU backend every graph node costs a
     # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (exact, see
     # `rope_rotation`) replace the many nodes fast.rope, rms_norm and attention expand to there.
     tcfg = cfg.transformer
-    ops = StepOps(spec.linear, lean=mx.default_device().type == mx.cpu)
-    x = _embed(lm, inputs)
-    cfg_on = spec.cfg_coef != 1.0
-    if cfg_on:  # torch repeats the input tokens; their embeddings are the same
+    ops = _ops(spec)
+    x = embed_step(lm, inputs)
+    if spec.cfg_coef != 1.0:  # torch repeats the input tokens; their embeddings are the same
         x = mx.concatenate([x, x])
     if spec.sum_condition is not None:
         x = x + spec.sum_condition[:, 0].astype(x.dtype)
     if tcfg.positional_embedding == "sin":
         x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
     mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
-    layer0 = lm.transformer.layers[0].self_attn
-    if ops.lean_attention(layer0):
+    if ops.lean_attention(lm.transformer.layers[0].self_attn):
         mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, kv[0].shape[2]), kv[0].dtype)
     rotations = None
     if tcfg.positional_embedding == "rope" and ops.lean:
@@ -171,14 +205,33 @@ def moshi_frame(
     hidden = ops.norm(lm.out_norm, x)
     text_logits = _guided(ops.linear(lm.text_linear, hidden), spec.cfg_coef, B)
 
-    ungen = cfg.ungenerated_token_id
-    text = spec.text_sampler(text_logits.astype(mx.float32), keys[1])
+    text = spec.text_sampler(text_logits.astype(mx.float32), text_key)
+    sampled = text
     if forced is not None:
         forced_text = forced[:, 0]
         if spec.text_choice is not None:
-            sampled, forced_text = text, mx.where(text == spec.text_choice, forced[:, -1], forced_text)
-        text = mx.where(forced_text != ungen, forced_text, text)
+            forced_text = mx.where(text == spec.text_choice, forced[:, -1], forced_text)
+        text = mx.where(forced_text != cfg.ungenerated_token_id, forced_text, text)
+    # Extra heads (STT's end of speech) on every row of the normed hidden state, as torch
+    # `step_with_extra_heads` (2B rows under CFG).
+    extra = [p[:, 0] for p in lm.extra_head_probs(hidden[:, None])]
+    if spec.text_choice is not None:
+        extra.append(sampled)  # what the sampler drew, before forcing: the state machine reads it
+    return tokens, new_kv, key, hidden, text, keys[2:], extra
+
+
+def depth_part(
+    spec: FrameSpec, tokens: mx.array, hidden: mx.array, text: mx.array, keys: mx.array,
+    step: mx.array, forced: mx.array | None,
+) -> tuple[mx.array, mx.array]:
+    """The second part of `moshi_frame`: the depformer's codebooks after `text` (sampler keys
+    `keys`), all of this step's tokens into the ring. Returns (tokens, out)."""
+    lm, cfg = spec.lm, spec.lm.cfg
+    dq, B = cfg.dep_q, tokens.shape[0]
+    ops = _ops(spec)
+    ungen = cfg.ungenerated_token_id
     out_tokens = [text]
+    keys = _unstack_keys(keys) if dq else []
 
     # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
     prev = text
@@ -186,7 +239,7 @@ def moshi_frame(
     dkeys: list[list[mx.array]] = [[] for _ in layers] if dq else []
     dvalues: list[list[mx.array]] = [[] for _ in layers] if dq else []
     for k in range(dq):
-        prev_in = mx.concatenate([prev, prev]) if cfg_on else prev
+        prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
         y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, _embed_one(lm.depformer_table(k), prev_in))
         bias = None
         if layers and ops.lean_attention(layers[0].self_attn):  # zero bias of this codebook's window
@@ -194,27 +247,30 @@ def moshi_frame(
         for j, layer in enumerate(layers):
             y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
         logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
-        tok = spec.audio_sampler(logits.astype(mx.float32), keys[2 + k])
+        tok = spec.audio_sampler(logits.astype(mx.float32), keys[k])
         if forced is not None:
             tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
         out_tokens.append(tok)
         prev = tok
 
     # Generated tokens are fed back at the next step; the output is frame step - max_delay.
-    nxt = step + 1
-    new = mx.concatenate([mx.stack(out_tokens, axis=1), mx.zeros((B, K - 1 - dq), dtype=mx.int32)], axis=1)
-    tokens = _ring_write(tokens, new, mx.broadcast_to(nxt % CT, (K,)), generated)
-    read = (nxt - cfg.max_delay + delays[: 1 + dq]) % CT
-    out = _ring_read(tokens[:, : 1 + dq], read)
-    # Extra heads (STT's end of speech) on every row of the normed hidden state, as torch
-    # `step_with_extra_heads` (2B rows under CFG).
-    extra = [p[:, 0] for p in lm.extra_head_probs(hidden[:, None])]
-    if spec.text_choice is not None:
-        extra.append(sampled)  # what the sampler drew, before forcing: the state machine reads it
-    return tokens, new_kv, key, out, extra
+    ring = _Ring(spec)
+    tokens = ring.write_generated(tokens, out_tokens, step)
+    return tokens, ring.output(tokens, step)
 
 
-def _embed(lm: Lm, tokens: mx.array) -> mx.array:
+def _unstack_keys(keys: mx.array) -> list[mx.array]:
+    """The rows of `[n, 2]` random keys, in two graph nodes (indexing takes two per key)."""
+    return mx.split(keys.reshape(-1), keys.shape[0])
+
+
+def _ops(spec: FrameSpec) -> StepOps:
+    """How the frame computes: `spec.linear`, lean on the CPU backend unless `spec.lean` says (see `StepOps`)."""
+    lean = mx.default_device().type == mx.cpu if spec.lean is None else spec.lean
+    return StepOps(spec.linear, lean=lean)
+
+
+def embed_step(lm: Lm, tokens: mx.array) -> mx.array:
     """`lm.embed` of one position's `[B, K]` tokens, `[B, D]`: plain tables are read with one gather
     each (zero tokens masked in the sum) instead of the per-stream graph `ScaledEmbedding` builds."""
     tables = [lm.text_emb, *lm.emb]
