@@ -235,7 +235,7 @@ def depth_part(
 
     # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
     prev = text
-    layers = lm.depformer.layers
+    layers = lm.depformer.layers if dq else []  # STT has no depformer
     dkeys: list[list[mx.array]] = [[] for _ in layers] if dq else []
     dvalues: list[list[mx.array]] = [[] for _ in layers] if dq else []
     for k in range(dq):
