@@ -111,28 +111,29 @@ class LmGen:
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
         addmm = addmm_runs(dtype, mx.default_device())
         self._spec = replace(self._spec, linear=transposed_linear(self.lm, addmm), addmm=addmm)
-        self._frames: dict[tuple[bool, bool] | bool, Callable] = {}
+        self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
+        self._depth: dict[bool, Callable] = {}  # by forcing
 
     def _parts(self, masked: bool, forcing: bool) -> tuple[Callable, Callable]:
         """The frame's two parts (`models.frame.temporal_part`, `depth_part`; compiled unless
         `compiled=False`) for a partly filled KV buffer (`masked`) or a full one, with or without
         forced tokens; built on first use."""
         spec, wrap = self._spec, (mx.compile if self.compiled else (lambda fn: fn))
-        temporal = self._frames.get((masked, forcing))
+        temporal = self._temporal.get((masked, forcing))
         if temporal is None:
 
             def run_temporal(tokens, kv, key, step, slot, *rest):
                 filled, rest = (rest[0], rest[1:]) if masked else (None, rest)
                 return temporal_part(spec, tokens, kv, key, step, slot, filled, rest[0], rest[1] if forcing else None)
 
-            temporal = self._frames[masked, forcing] = wrap(run_temporal)
-        depth = self._frames.get(forcing)
+            temporal = self._temporal[masked, forcing] = wrap(run_temporal)
+        depth = self._depth.get(forcing)
         if depth is None:
 
             def run_depth(tokens, hidden, text, keys, step, *forced):
                 return depth_part(spec, tokens, hidden, text, keys, step, forced[0] if forcing else None)
 
-            depth = self._frames[forcing] = wrap(run_depth)
+            depth = self._depth[forcing] = wrap(run_depth)
         return temporal, depth
 
     @property

@@ -99,7 +99,7 @@ def run_reference(lm: Lm, user: np.ndarray, temp: float, seed: int) -> np.ndarra
 def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
     """`gen` with the frame's CPU formulation (`lean=True`) or the fused-kernel one GPUs use."""
     gen._spec = replace(gen._spec, lean=lean)
-    gen._frames.clear()
+    gen.reset()  # rebuilds the graphs from the spec
     return gen
 
 

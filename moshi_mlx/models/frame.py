@@ -239,8 +239,8 @@ def depth_part(
     # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
     prev = text
     layers = lm.depformer.layers if dq else []  # STT has no depformer
-    dkeys: list[list[mx.array]] = [[] for _ in layers] if dq else []
-    dvalues: list[list[mx.array]] = [[] for _ in layers] if dq else []
+    dkeys: list[list[mx.array]] = [[] for _ in layers]
+    dvalues: list[list[mx.array]] = [[] for _ in layers]
     for k in range(dq):
         prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
         y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, _embed_one(lm.depformer_table(k), prev_in))
@@ -290,7 +290,8 @@ def embed_step(lm: Lm, tokens: mx.array) -> mx.array:
 
 
 def _embed_one(table: nn.Module, tokens: mx.array) -> mx.array:
-    """`table(tokens)` of `[B]` tokens, `[B, D]` (one gather for a plain table)."""
+    """`table(tokens)` of `[B]` tokens, `[B, D]`: for a plain table, two nodes fewer than the
+    module's own call (`embed_with_zero_token`), which serves any token shape."""
     if not _plain(table):
         return table(tokens)
     return mx.where(tokens[:, None] == ZERO_TOKEN, mx.array(0, table.weight.dtype), table.weight[mx.maximum(tokens, 0)])

@@ -30,7 +30,7 @@ def embed_with_zero_token(lookup: Callable[[mx.array], mx.array], tokens: mx.arr
     token is `ZERO_TOKEN` (torch `ScaledEmbedding` with `zero_idx=-1`)."""
     is_zero = (tokens == ZERO_TOKEN)[..., None]
     y = lookup(mx.maximum(tokens, 0))
-    return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
+    return mx.where(is_zero, mx.array(0, dtype=y.dtype), y)  # a constant: no graph node
 
 
 class ScaledEmbedding(nn.Embedding):
