@@ -22,7 +22,6 @@ from .models.conditioners import Condition
 from .models.frame import FrameSpec, depth_part, kv_dtype, supports_compiled_frame, temporal_part, transposed_linear
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
-from .modules.transformer import addmm_runs
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
 
 if TYPE_CHECKING:
@@ -109,8 +108,7 @@ class LmGen:
             self.key = self._seed_key
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
-        addmm = addmm_runs(dtype, mx.default_device())
-        self._spec = replace(self._spec, linear=transposed_linear(self.lm, addmm), addmm=addmm)
+        self._spec = replace(self._spec, linear=transposed_linear(self.lm))
         self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
         self._depth: dict[bool, Callable] = {}  # by forcing
 

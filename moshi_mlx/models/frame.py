@@ -44,14 +44,13 @@ class FrameSpec:
     text_choice: int | None = None
     # `StepOps(lean=...)` and RoPE as matrix products: None picks them on the CPU backend only.
     lean: bool | None = None
-    addmm: bool = True  # `mx.addmm` runs in the compute dtype (see `addmm_runs`)
 
 
-def transposed_linear(lm: Lm, addmm: bool = True) -> Linear:
+def transposed_linear(lm: Lm) -> Linear:
     """Applies plain bias-free `nn.Linear` layers with their weights' transposed views taken once
-    (no transpose node per call and frame), a residual sum fused into the product (`mx.addmm`,
-    where `addmm`); any other module (quantized, LoRA, with bias) is called. The views share the weights' memory
-    and see the weights as they are now."""
+    (no transpose node per call and frame), a residual sum fused into the product (`mx.addmm`); any
+    other module (quantized, LoRA, with bias) is called. The views share the weights' memory and see
+    the weights as they are now."""
     views = {id(m): m.weight.T for _, m in lm.named_modules() if type(m) is nn.Linear and "bias" not in m}
     mx.eval(list(views.values()))
 
@@ -61,8 +60,6 @@ def transposed_linear(lm: Lm, addmm: bool = True) -> Linear:
             return call(module, x, residual)
         if residual is None:
             return x @ wt
-        if not addmm:
-            return residual.astype(wt.dtype) + x @ wt
         return mx.addmm(residual.astype(wt.dtype), x, wt)
 
     return apply
@@ -270,7 +267,7 @@ def _unstack_keys(keys: mx.array) -> list[mx.array]:
 def _ops(spec: FrameSpec) -> StepOps:
     """How the frame computes: `spec.linear`, lean on the CPU backend unless `spec.lean` says (see `StepOps`)."""
     lean = mx.default_device().type == mx.cpu if spec.lean is None else spec.lean
-    return StepOps(spec.linear, lean=lean, addmm=spec.addmm)
+    return StepOps(spec.linear, lean=lean)
 
 
 def embed_step(lm: Lm, tokens: mx.array) -> mx.array:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 from typing import Callable
 
@@ -33,10 +32,9 @@ class StepOps:
     attention's own CPU fallback (the attention's scale and mask then fold into one `mx.addmm`).
     GPUs keep the fused kernels (`lean=False`)."""
 
-    def __init__(self, linear: Linear = call, lean: bool = False, addmm: bool = True):
+    def __init__(self, linear: Linear = call, lean: bool = False):
         self.linear = linear
         self.lean = lean
-        self.addmm = addmm  # whether `mx.addmm` runs in the compute dtype here (see `addmm_runs`)
 
     def norm(self, module: nn.Module, x: mx.array) -> mx.array:
         if not (self.lean and isinstance(module, RMSNorm)):
@@ -57,19 +55,7 @@ class StepOps:
 
     def lean_attention(self, attn: Attention) -> bool:
         """Whether `attend` takes an additive bias for this attention (lean, one key head per head)."""
-        return self.lean and self.addmm and attn._heads == attn._kv_heads
-
-
-@functools.cache
-def addmm_runs(dtype: mx.Dtype, device: mx.Device) -> bool:
-    """Whether `mx.addmm` evaluates in `dtype` on `device` (MLX < 0.30's CPU backend: float32 only).
-    Evaluates a 1x1 product: call it outside `mx.compile` tracing."""
-    try:
-        with mx.stream(device):
-            mx.eval(mx.addmm(*(mx.zeros((1, 1), dtype=dtype) for _ in range(3))))
-        return True
-    except (RuntimeError, ValueError):
-        return False
+        return self.lean and attn._heads == attn._kv_heads
 
 
 def attention_bias(mask: mx.array | None, shape: tuple[int, ...], dtype: mx.Dtype) -> mx.array:
