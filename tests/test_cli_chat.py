@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import signal
 import subprocess
@@ -259,7 +260,9 @@ def test_a_signal_stops_chat_with_real_stats(sig, code, how):
 
     cmd = [*CHAT, "--model", str(tiny_model_dir()), "--mimi-backend", default_backend(), "--seed", "0",
            "--duration", "300", "--stats"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: a chat that does not exit is aborted and prints every thread's stack.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     watchdog = threading.Timer(300, proc.kill)  # never hang the suite on a chat that does not start
     watchdog.start()
     try:
@@ -267,7 +270,11 @@ def test_a_signal_stops_chat_with_real_stats(sig, code, how):
         assert first.startswith("Moshi is listening"), first + proc.stderr.read()
         time.sleep(5.0)
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120)
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"chat did not exit within 120 s of {how}; its threads:\n{proc.communicate(timeout=60)[1]}")
     finally:
         watchdog.cancel()
         if proc.poll() is None:

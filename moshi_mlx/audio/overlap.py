@@ -24,8 +24,8 @@ from ..errors import InvalidArgument
 from .conversation import Conversation, FrameResult
 
 
-# MLX 0.30+ gives each thread its own streams; with older MLX two threads evaluating at once crash
-# (a segfault with mlx 0.29), so there the Mimi work runs inline, in the caller's thread.
+# MLX 0.31.2+ gives each thread its own streams (and `mx.clear_streams`); with older MLX two threads
+# evaluating at once crash (a segfault with mlx 0.29), so there the Mimi work runs inline, in the caller's thread.
 THREAD_STREAMS = hasattr(mx, "clear_streams")
 
 
@@ -46,7 +46,7 @@ class _Inline:
 
 def release_thread_streams() -> None:
     """Call at the end of a thread that ran MLX work: waits for it and frees the thread's MLX
-    streams. MLX (0.30+) gives each thread its own streams; left alive past their thread they abort
+    streams. MLX (0.31.2+) gives each thread its own streams; left alive past their thread they abort
     the process at exit ("terminate called without an active exception")."""
     mx.synchronize()
     if hasattr(mx, "clear_streams"):
