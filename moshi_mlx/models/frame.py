@@ -240,10 +240,13 @@ def depth_part(
     dvalues: list[list[mx.array]] = [[] for _ in layers]
     for k in range(dq):
         prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
-        y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, _embed_one(lm.depformer_table(k), prev_in))
+        # Without forcing, every token here was sampled (>= 0): no zero-token mask.
+        emb = _embed_one(lm.depformer_table(k), prev_in, sampled=forced is None)
+        y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, emb)
         bias = None
         if layers and ops.lean_attention(layers[0].self_attn):  # zero bias of this codebook's window
-            bias = mx.zeros((y.shape[0], layers[0].cfg.num_heads, 1, layers[0].frame_window(k)), dtype=y.dtype)
+            rows, heads, window = y.shape[0], layers[0].cfg.num_heads, layers[0].frame_window(k)
+            bias = mx.array([[[[0.0] * window]] * heads] * rows, dtype=y.dtype)  # a constant, not a node
         for j, layer in enumerate(layers):
             y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
         logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
@@ -286,11 +289,14 @@ def embed_step(lm: Lm, tokens: mx.array) -> mx.array:
     return x[:, 0]
 
 
-def _embed_one(table: nn.Module, tokens: mx.array) -> mx.array:
+def _embed_one(table: nn.Module, tokens: mx.array, sampled: bool = False) -> mx.array:
     """`table(tokens)` of `[B]` tokens, `[B, D]`: for a plain table, two nodes fewer than the
-    module's own call (`embed_with_zero_token`), which serves any token shape."""
+    module's own call (`embed_with_zero_token`), which serves any token shape; one node for
+    `sampled` tokens (never the zero token, never negative)."""
     if not _plain(table):
         return table(tokens)
+    if sampled:
+        return table.weight[tokens]
     return mx.where(tokens[:, None] == ZERO_TOKEN, mx.array(0, table.weight.dtype), table.weight[mx.maximum(tokens, 0)])
 
 
