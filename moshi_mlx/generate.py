@@ -19,7 +19,9 @@ import mlx.core as mx
 
 from .errors import InvalidArgument
 from .models.conditioners import Condition
-from .models.frame import FrameSpec, depth_part, kv_dtype, supports_compiled_frame, temporal_part, transposed_linear
+from .models.frame import (
+    FrameSpec, depth_part, is_lean, kv_dtype, supports_compiled_frame, temporal_part, transposed_linear,
+)
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
@@ -108,7 +110,7 @@ class LmGen:
             self.key = self._seed_key
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
-        self._spec = replace(self._spec, linear=transposed_linear(self.lm))
+        self._spec = replace(self._spec, linear=transposed_linear(self.lm, relayout=is_lean(self._spec)))
         self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
         self._depth: dict[bool, Callable] = {}  # by forcing
 

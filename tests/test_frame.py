@@ -9,6 +9,7 @@ from dataclasses import replace
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from moshi_mlx.config import LmConfig
 from moshi_mlx.generate import LmGen
@@ -202,3 +203,30 @@ def test_cpu_formulation_pieces_equal_the_fused_ones(dtype):
 
     tokens = mx.array(np.random.default_rng(1).integers(-1, 30, size=(2, lm.cfg.num_codebooks)), dtype=mx.int32)
     assert mx.array_equal(embed_step(lm, tokens), lm.embed(tokens[:, :, None])[:, 0])
+
+
+def test_cpu_relayout_keeps_every_weight_and_frees_the_old_buffers(tmp_path):
+    """On the CPU formulation the product-only fp32 projections are stored `[in, out]` row-major
+    (faster for the CPU's BLAS): same values and shapes everywhere, no second copy held, the
+    projections that take a residual and the text head left as they were, and the model still
+    saves what it loaded."""
+    lm = model()
+    before = {k: np.array(v) for k, v in tree_flatten(lm.parameters())}
+    active = mx.get_active_memory()
+    frame_formulation(LmGen(lm), lean=True)
+    after = dict(tree_flatten(lm.parameters()))
+    assert after.keys() == before.keys()
+    for k, v in after.items():
+        assert v.shape == before[k].shape and np.array_equal(np.array(v), before[k]), k
+    layout = lambda w: "[in, out]" if np.asarray(w).flags["F_CONTIGUOUS"] else "[out, in]"  # noqa: E731
+    layer, depth = lm.transformer.layers[0], lm.depformer.layers[1]
+    assert layout(layer.self_attn.in_projs[0].weight) == layout(depth.gating[1].linear_in.weight) == "[in, out]"
+    assert layout(lm.linears[0].weight) == "[in, out]"
+    assert layout(layer.self_attn.out_projs[0].weight) == layout(layer.gating.linear_out.weight) == "[out, in]"
+    assert layout(lm.depformer_in[0].weight) == layout(lm.text_linear.weight) == "[out, in]"
+    assert mx.get_active_memory() <= active + 16 * 1024  # the old buffers are gone (KV buffers are empty)
+    frame_formulation(LmGen(lm), lean=True)  # already laid out: nothing copied
+    assert mx.get_active_memory() <= active + 16 * 1024
+    lm.save_weights(str(tmp_path / "w.safetensors"))
+    saved = mx.load(str(tmp_path / "w.safetensors"))
+    assert all(np.array_equal(np.array(saved[k]), before[k]) for k in before)
