@@ -98,7 +98,8 @@ class LmGen:
 
     def reset(self) -> None:
         """Starts a new conversation: empty KV buffers, token ring and a fresh random key; the frame
-        graph is rebuilt (so it reads the current weights)."""
+        graph is rebuilt (so it reads the current weights). On the CPU, fp32 projections are laid
+        out for its BLAS first, same values (`models.frame.transposed_linear`)."""
         cfg = self.lm.cfg
         self.tokens = mx.full(
             (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
