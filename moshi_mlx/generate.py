@@ -19,10 +19,8 @@ import mlx.core as mx
 
 from .errors import InvalidArgument
 from .models.conditioners import Condition
-from .models.frame import (
-    FrameSpec, depth_part, is_lean, kv_dtype, lay_out_for_cpu_blas, supports_compiled_frame, temporal_part,
-    transposed_linear,
-)
+from .models.frame import FrameSpec, depth_part, is_lean, kv_dtype, supports_compiled_frame, temporal_part
+from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
 from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
@@ -100,7 +98,8 @@ class LmGen:
     def reset(self) -> None:
         """Starts a new conversation: empty KV buffers, token ring and a fresh random key; the frame
         graph is rebuilt (so it reads the current weights). On the CPU, fp32 projections are laid
-        out for its BLAS first, same values (`models.frame.lay_out_for_cpu_blas`)."""
+        out for its BLAS first, same values, and large products are split across its cores
+        (`models.products`)."""
         cfg = self.lm.cfg
         self.tokens = mx.full(
             (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
@@ -113,8 +112,10 @@ class LmGen:
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
         if is_lean(self._spec):
-            lay_out_for_cpu_blas(self.lm)
-        self._spec = replace(self._spec, linear=transposed_linear(self.lm))
+            linear = transposed_linear(self.lm, parts=cpu_cores(), whole=lay_out_for_cpu_blas(self.lm))
+        else:
+            linear = transposed_linear(self.lm)
+        self._spec = replace(self._spec, linear=linear)
         self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
         self._depth: dict[bool, Callable] = {}  # by forcing
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from moshi_mlx import generate
 from moshi_mlx.config import LmConfig
 from moshi_mlx.generate import LmGen
+from moshi_mlx.models import products
 from moshi_mlx.models.frame import embed_step
 from moshi_mlx.models.lm import Lm
 from moshi_mlx.modules.kv_cache import bucket_size
@@ -104,9 +106,13 @@ def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
     return gen
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["cpu-formulation", "gpu-formulation"])
+@pytest.mark.parametrize("lean,split", [(True, False), (True, True), (False, False)],
+                         ids=["cpu-formulation", "cpu-split-products", "gpu-formulation"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean):
+def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, split, monkeypatch):
+    if split:  # every product with 2+ column blocks split across 3 CPU streams (`models.products`)
+        monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
+        monkeypatch.setattr(generate, "cpu_cores", lambda: 3)
     lm = model()
     user = user_codes(batch)
     sampled = dict(text_sampler=make_sampler(1.0, top_k=20), audio_sampler=make_sampler(1.0, top_k=20))

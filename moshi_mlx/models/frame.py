@@ -32,7 +32,7 @@ class FrameSpec:
     text_sampler: Sampler
     audio_sampler: Sampler
     ring: int  # columns of the token ring (max_delay + 2)
-    linear: Linear = call  # how Linear layers are applied (see `transposed_linear`)
+    linear: Linear = call  # how Linear layers are applied (see `products.transposed_linear`)
     # Conditioning (see `LmGen`): the `[B', 1, D]` offset added to every input, and classifier-free
     # guidance: with `cfg_coef != 1` the model runs on 2B rows (conditioned, then contrast) and each
     # logit is `contrast + cfg_coef * (conditioned - contrast)`, as torch `LMGen`.
@@ -44,46 +44,6 @@ class FrameSpec:
     text_choice: int | None = None
     # `StepOps(lean=...)` and RoPE as matrix products: None picks them on the CPU backend only.
     lean: bool | None = None
-
-
-# Linear layers the frame applies without a residual sum (see `lay_out_for_cpu_blas`), but the
-# text head: a copy of the model's largest matrix next to the original would raise its peak memory.
-_PRODUCT_ONLY = ("in_projs", "linear_in", "linear1", "linears")
-
-
-def lay_out_for_cpu_blas(lm: Lm) -> None:
-    """Stores the fp32 weights `[out, in]` of the projections the frame applies without a residual
-    (`_PRODUCT_ONLY`) as transposed views of `[in, out]` row-major buffers, same values: the CPU's
-    BLAS multiplies a row by that layout about twice as fast as by the transposed one. Every other
-    use of a weight sees the same `[out, in]` array; weights already laid out are not copied. (With
-    a residual, `mx.addmm` on that layout would add it first and round differently from the
-    op-by-op model's product-then-sum.)"""
-    for name, m in lm.named_modules():
-        if type(m) is not nn.Linear or "bias" in m or m.weight.dtype != mx.float32:
-            continue
-        if name.rstrip(".0123456789").rpartition(".")[2] in _PRODUCT_ONLY:  # "…in_projs.0" -> "in_projs"
-            m.weight = mx.contiguous(m.weight.T).T  # no copy when already laid out
-            mx.eval(m.weight)  # one weight at a time: the old buffer goes before the next copy
-            mx.clear_cache()  # ... back to the system, not kept for later
-
-
-def transposed_linear(lm: Lm) -> Linear:
-    """Applies plain bias-free `nn.Linear` layers with their weights' transposed views taken once
-    (no transpose node per call and frame), a residual sum fused into the product (`mx.addmm`); any
-    other module (quantized, LoRA, with bias) is called. The views share the weights' memory and see
-    the weights as they are now."""
-    views = {id(m): m.weight.T for _, m in lm.named_modules() if type(m) is nn.Linear and "bias" not in m}
-    mx.eval(list(views.values()))
-
-    def apply(module: nn.Module, x: mx.array, residual: mx.array | None = None) -> mx.array:
-        wt = views.get(id(module))
-        if wt is None:
-            return call(module, x, residual)
-        if residual is None:
-            return x @ wt
-        return mx.addmm(residual.astype(wt.dtype), x, wt)
-
-    return apply
 
 
 def supports_compiled_frame(lm: Lm) -> str | None:

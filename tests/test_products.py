@@ -1,0 +1,82 @@
+"""The frame's ways of applying Linear layers (`models.products`): products split by output
+columns across CPU streams give exactly what the whole product gives, for fp32, bf16 and quantized
+weights, one row or two, eagerly and compiled; and the whole product gives what calling the module
+gives (a residual fused into a bf16 product is rounded once instead of twice)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from moshi_mlx.config import LmConfig
+from moshi_mlx.models import products
+from moshi_mlx.models.lm import Lm
+from moshi_mlx.models.products import _column_blocks, cpu_streams, transposed_linear
+from moshi_mlx.modules.transformer import call
+from moshi_mlx.weights.quantize import quantize_lm
+
+CONFIG = dict(
+    dim=64, text_card=200, n_q=4, dep_q=2, card=96, num_heads=2, num_layers=2, hidden_scale=4.125,
+    context=50, gating="silu", norm="rms_norm_f32", positional_embedding="rope",
+    depformer_dim=64, depformer_dim_feedforward=160, depformer_num_heads=2, depformer_num_layers=2,
+    depformer_multi_linear=True, depformer_weights_per_step=True, depformer_pos_emb="none",
+    delays=[0, 0, 1, 0, 1],
+)
+
+
+def model(precision: str) -> Lm:
+    mx.random.seed(0)
+    lm = Lm(LmConfig.from_kyutai_json(CONFIG))
+    lm.set_dtype(mx.float32 if precision == "fp32" else mx.bfloat16)
+    if precision in ("q8", "q4"):
+        quantize_lm(lm, int(precision[1]), group_size=32)
+    mx.eval(lm.parameters())
+    return lm
+
+
+def linears(lm: Lm) -> list[nn.Module]:
+    return [m for _, m in lm.named_modules() if type(m) in (nn.Linear, nn.QuantizedLinear)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "q8", "q4"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_split_products_equal_the_module_calls(precision, rows, monkeypatch):
+    monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)  # split every product that has 2+ blocks
+    lm = model(precision)
+    modules = linears(lm)
+    assert (precision[0] == "q") == any(type(m) is nn.QuantizedLinear for m in modules)
+    split = [m for m in modules if _column_blocks(m, 3) is not None]
+    assert len(split) >= len(modules) - 2  # all but the narrowest (16-column blocks)
+    whole, apply = transposed_linear(lm), transposed_linear(lm, parts=3)
+    rng = np.random.default_rng(1)
+    for m in modules:
+        quantized = type(m) is nn.QuantizedLinear
+        n_out, n_in = m.weight.shape[0], m.scales.shape[-1] * m.group_size if quantized else m.weight.shape[-1]
+        dtype = m.scales.dtype if quantized else m.weight.dtype
+        x = mx.array(rng.standard_normal((rows, n_in)).astype(np.float32)).astype(dtype)
+        r = mx.array(rng.standard_normal((rows, n_out)).astype(np.float32))  # the residual is cast as `call` does
+        want = whole(m, x), whole(m, x, r)
+        eager = apply(m, x), apply(m, x, r)
+        compiled = mx.compile(lambda x, r: (apply(m, x), apply(m, x, r)))(x, r)  # noqa: B023
+        for got in (eager, compiled):
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype and mx.array_equal(g, w).item()
+        assert mx.array_equal(want[0], call(m, x)).item()
+        if quantized or dtype == mx.float32:
+            assert mx.array_equal(want[1], call(m, x, r)).item()
+        else:  # fused: one rounding of product + residual, where `call` rounds the product first
+            assert mx.allclose(want[1], call(m, x, r), rtol=1e-2, atol=1e-2).item()
+
+
+def test_split_products_hold_views_not_copies(monkeypatch):
+    """The column blocks are views of the weights: building them allocates nothing."""
+    monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
+    for precision in ("fp32", "q4"):
+        lm = model(precision)
+        active = mx.get_active_memory()
+        transposed_linear(lm, parts=3)
+        assert mx.get_active_memory() <= active + 16 * 1024
+    assert _column_blocks(lm.text_linear, 3) is not None
+    assert len(cpu_streams(3)) == 3 and cpu_streams(3)[0] == mx.default_stream(mx.cpu)
