@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import sys
 import time
@@ -406,7 +407,9 @@ def bandwidth(args: dict) -> dict:
     """GB/s of a plain matrix-vector product over `bytes` of weights (at most 1 GiB: far past any
     cache, and one kernel launch of a 7B's whole weights is too large for CUDA) in the same
     dtype/quantization; unquantized, the faster of the two weight layouts (`[out, in]`, as
-    `nn.Linear` stores it, and row-major `[in, out]`, which the CPU's fp32 BLAS reads faster)."""
+    `nn.Linear` stores it, and row-major `[in, out]`, which the CPU's fp32 BLAS reads faster). On
+    the CPU, also the product split by output rows across its cores (one stream each, as ours
+    splits large products) when that is faster."""
     dtype = getattr(mx, args["dtype"])
     bits, group = args["bits"], args["group_size"]
     read = min(args["bytes"], 2**30)
@@ -415,17 +418,29 @@ def bandwidth(args: dict) -> dict:
     rows = max(group or 1, int(read / per_row) // 64 * 64 or 64)
     w = mx.random.normal((rows, cols), dtype=dtype)
     x = mx.random.normal((1, cols), dtype=dtype)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    streams = [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(cores - 1)]
+    blocks = [(i * rows // cores, (i + 1) * rows // cores, s) for i, s in enumerate(streams)]
+    on_cpu = mx.default_device().type == mx.cpu and cores > 1
     if bits:
         wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
         del w
         mx.eval(wq, scales, biases)
         nbytes = wq.nbytes + scales.nbytes + biases.nbytes
-        products = [lambda: mx.eval(mx.quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits))]
+
+        def qmm(a: int, b: int, s=None) -> mx.array:
+            return mx.quantized_matmul(x, wq[a:b], scales[a:b], biases[a:b], group_size=group, bits=bits, stream=s)
+
+        products = [lambda: mx.eval(qmm(0, rows))]
+        if on_cpu:
+            products.append(lambda: mx.eval([qmm(a, b, s) for a, b, s in blocks]))
     else:
         mx.eval(w)
         nbytes = w.nbytes
         xr = mx.random.normal((1, rows), dtype=dtype)
         products = [lambda: mx.eval(x @ w.T), lambda: mx.eval(xr @ w)]
+        if on_cpu:
+            products.append(lambda: mx.eval([mx.matmul(x, w[a:b].T, stream=s) for a, b, s in blocks]))
 
     # CPU q8/q4 products of 1 GiB take seconds
     ms = min(_median(timed(product, args["steps"], 1, budget_s=5.0)) for product in products)
