@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,5 +24,6 @@ def tiny_model_dir() -> Path:
     spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "tests" / "fixtures" / "make_tiny_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = Path(tempfile.mkdtemp(prefix="moshi_mlx_tiny_")) / "tiny-moshi"
-    return module.make_tiny_model(out, seed=0, mimi=mimi_reference.fixture_path())
+    root = Path(tempfile.mkdtemp(prefix="moshi_mlx_tiny_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # about 400 MB: gone when the session ends
+    return module.make_tiny_model(root / "tiny-moshi", seed=0, mimi=mimi_reference.fixture_path())
