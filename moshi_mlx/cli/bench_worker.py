@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import resource
 import sys
 import time
@@ -410,6 +409,8 @@ def bandwidth(args: dict) -> dict:
     `nn.Linear` stores it, and row-major `[in, out]`, which the CPU's fp32 BLAS reads faster). On
     the CPU, also the product split by output rows across its cores (one stream each, as ours
     splits large products) when that is faster."""
+    from moshi_mlx.models.products import cpu_cores, cpu_streams  # runs in our side's environment
+
     dtype = getattr(mx, args["dtype"])
     bits, group = args["bits"], args["group_size"]
     read = min(args["bytes"], 2**30)
@@ -418,10 +419,9 @@ def bandwidth(args: dict) -> dict:
     rows = max(group or 1, int(read / per_row) // 64 * 64 or 64)
     w = mx.random.normal((rows, cols), dtype=dtype)
     x = mx.random.normal((1, cols), dtype=dtype)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    streams = [mx.default_stream(mx.cpu)] + [mx.new_stream(mx.cpu) for _ in range(cores - 1)]
-    blocks = [(i * rows // cores, (i + 1) * rows // cores, s) for i, s in enumerate(streams)]
-    on_cpu = mx.default_device().type == mx.cpu and cores > 1
+    cores = cpu_cores() if mx.default_device().type == mx.cpu else 1
+    on_cpu = cores > 1  # then also the product split by rows across the cores, one stream each
+    blocks = [(i * rows // cores, (i + 1) * rows // cores, s) for i, s in enumerate(cpu_streams(cores))]
     if bits:
         wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
         del w
