@@ -17,8 +17,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..modules.attention import rope_rotation
-from ..modules.transformer import Linear, StepOps, attention_bias, call, rope_rotations, sin_embedding
+from ..modules.attention import rope_rotations
+from ..modules.transformer import Linear, StepOps, attention_bias, call, sin_embedding
 from .lm import ZERO_TOKEN, Lm, ScaledEmbedding
 
 Sampler = Callable[..., mx.array]
@@ -161,7 +161,7 @@ def temporal_part(
 
     # Temporal transformer, one position, as [B, D]. On the CPU backend every graph node costs a
     # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (exact, see
-    # `rope_rotation`) replace the many nodes fast.rope, rms_norm and attention expand to there.
+    # `rope_rotations`) replace the many nodes fast.rope, rms_norm and attention expand to there.
     tcfg = cfg.transformer
     ops = _ops(spec)
     x = embed_step(lm, inputs)
@@ -176,8 +176,7 @@ def temporal_part(
         mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, kv[0].shape[2]), kv[0].dtype)
     rotations = None
     if tcfg.positional_embedding == "rope" and ops.lean:
-        rotation = rope_rotation(step, tcfg.head_dim, tcfg.max_period)
-        rotations = rope_rotations(rotation, tcfg.num_heads, tcfg.num_kv_heads)
+        rotations = rope_rotations(step, tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads)
     new_kv = []
     for i, layer in enumerate(lm.transformer.layers):
         cross = None if spec.cross_kv is None else spec.cross_kv[i]

@@ -20,20 +20,25 @@ def apply_rope(x: mx.array, offset: int, max_period: float) -> mx.array:
     return mx.fast.rope(x, x.shape[-1], traditional=True, base=max_period, scale=1.0, offset=offset)
 
 
-def rope_rotation(position: int | mx.array, dims: int, max_period: float) -> mx.array:
-    """`[dims, dims]` fp32 matrix R with `x @ R` = `apply_rope` of `x` at `position` (block-diagonal 2x2
-    rotations): one matrix product per query/key instead of the many nodes `mx.fast.rope` becomes on
-    the CPU backend; built once per frame and shared by every layer."""
+def rope_rotations(position: int | mx.array, dims: int, max_period: float, heads: int, kv_heads: int) -> mx.array:
+    """`[1, H + 2 Hkv, dims, dims]` fp32: for each query and key head the matrix R with `x @ R` =
+    `apply_rope` of `x` at `position` (block-diagonal 2x2 rotations), the identity for each value
+    head; so one batched product rotates a `[B, H + 2 Hkv, 1, dims]` q|k|v. On the CPU backend this
+    replaces the many nodes `mx.fast.rope` becomes; built once per frame and shared by every layer,
+    from constants (no graph nodes) and one fused elementwise kernel."""
     half = dims // 2
-    angle = mx.array(position).astype(mx.float32) * mx.exp(mx.arange(half, dtype=mx.float32) * (-math.log(max_period) / half))
-    cos, sin = mx.repeat(mx.cos(angle), 2)[None, :], mx.repeat(mx.sin(angle), 2)[None, :]
-    odd = mx.arange(dims) % 2
-    swap = (mx.arange(dims)[:, None] == (mx.arange(dims) + 1 - 2 * odd)[None, :]).astype(mx.float32)
-    return mx.eye(dims) * cos + swap * (2 * odd[:, None] - 1).astype(mx.float32) * -sin
+    pair = mx.array([j // 2 for j in range(dims)], dtype=mx.float32)  # the angle index of each column
+    angle = mx.array(position).astype(mx.float32) * mx.exp(pair * (-math.log(max_period) / half))
+    eye = mx.array([[float(i == j) for j in range(dims)] for i in range(dims)])
+    # Row j ^ 1 of column j: -sin under an even column (x[2i+1] feeds out[2i] with -sin), +sin under an odd one.
+    swap = mx.array([[(1.0 if j % 2 else -1.0) if i == j ^ 1 else 0.0 for j in range(dims)] for i in range(dims)])
+    rotated = mx.array([1.0] * (heads + kv_heads) + [0.0] * kv_heads)[None, :, None, None]
+    rotation = eye * mx.cos(angle) + swap * mx.sin(angle)
+    return rotated * rotation + (1.0 - rotated) * eye
 
 
 def rotate(x: mx.array, rotation: mx.array) -> mx.array:
-    """`x` `[..., dims]` times a `rope_rotation`, computed in fp32 and returned in `x`'s dtype."""
+    """`x` `[..., dims]` times `rope_rotations`, computed in fp32 and returned in `x`'s dtype."""
     return (x.astype(mx.float32) @ rotation).astype(x.dtype)
 
 

@@ -65,14 +65,6 @@ def attention_bias(mask: mx.array | None, shape: tuple[int, ...], dtype: mx.Dtyp
     return mx.broadcast_to(mx.where(mask, mx.array(0, dtype), mx.array(-mx.inf, dtype)), shape)
 
 
-def rope_rotations(rotation: mx.array, heads: int, kv_heads: int) -> mx.array:
-    """`[1, H + 2 Hkv, Dh, Dh]`: `rotation` (`rope_rotation`) for every query and key head, the
-    identity for the value heads, so one batched product rotates a `[B, H + 2 Hkv, 1, Dh]` q|k|v."""
-    Dh = rotation.shape[-1]
-    rot = mx.broadcast_to(rotation, (heads + kv_heads, Dh, Dh))
-    return mx.concatenate([rot, mx.broadcast_to(mx.eye(Dh, dtype=rotation.dtype), (kv_heads, Dh, Dh))])[None]
-
-
 class RMSNorm(nn.Module):
     """`x * weight / sqrt(mean(x^2) + eps)` (torch "rms_norm", or "rms_norm_f32" with eps 1e-8).
 
@@ -233,8 +225,8 @@ class TransformerLayer(nn.Module):
     def _project_one(
         self, x: mx.array, pos: int | mx.array, w: int, ops: StepOps, rotations: mx.array | None = None
     ) -> tuple[mx.array, ...]:
-        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE by `rotations` (`rope_rotations`
-        of `pos`) when given, else `mx.fast.rope`."""
+        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE by `rotations`
+        (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`."""
         attn = self.self_attn
         B, H, Hk, Dh = x.shape[0], attn._heads, attn._kv_heads, attn._head_dim
         qkv = ops.linear(attn.in_projs[w], ops.norm(self.norm1, x)).reshape(B, H + 2 * Hk, 1, Dh)
