@@ -81,3 +81,21 @@ def test_json_with_kyutai(capsys):
     assert case["speedup_over_kyutai"] > 0
     # The same architecture on both sides (Kyutai keeps a copy of the depformer's norms per codebook).
     assert case["sides"]["kyutai"]["param_bytes"] == pytest.approx(case["sides"]["ours"]["param_bytes"], rel=0.01)
+
+
+def test_rounds_alternate_which_side_runs_first(monkeypatch):
+    """Odd rounds run the sides in reverse order (a side never always follows the same process)."""
+    order = []
+
+    def fake_worker(python, args, env):
+        side = args["side"] if args["side"] != "ours" or args["compiled"] else "ours-uncompiled"
+        order.append(side)
+        return {"step_ms": [1.0], "components_ms": {"temporal": 1.0}, "graph_nodes": 1, "python_nodes": 1,
+                "rss_mb": 1.0, "rss_after_imports_mb": 1.0, "mlx_peak_mb": 1.0, "module": "m",
+                "param_bytes": 1, "unquantized_layers": 0, "weights_read_bytes": 10**6, "gb_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "call_worker", fake_worker)
+    monkeypatch.setattr(bench, "compiled_switch", lambda: True)
+    bench.bench_case("micro", "fp32", None, 2, 1, 3, "kyutai-python", None, mimi=False, uncompiled=True)
+    sides = ["ours", "ours-uncompiled", "kyutai"]
+    assert order == [*sides, "bandwidth", *sides[::-1], "bandwidth", *sides, "bandwidth"]

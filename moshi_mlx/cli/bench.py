@@ -4,11 +4,11 @@ peak memory, and the weight-read roofline.
 
 Each side runs in its own process (Kyutai's package shares our import name; separate processes
 also make the peak memories comparable), round by round, interleaved, with the same architecture,
-dtype, quantization and samplers (random weights: timing does not depend on their values). The
-step time reported is the minimum over rounds of each round's median. The roofline is the time
-to read one step's weights (all but the embedding tables) at the bandwidth this device reaches
-on a plain matrix-vector product over as many bytes (at most 1 GiB) in the same dtype/quantization
-(on the CPU, the faster of one core and all of them).
+dtype, quantization and samplers (random weights: timing does not depend on their values; odd
+rounds run the sides in reverse order). The step time reported is the minimum over rounds of
+each round's median. The roofline is the time to read one step's weights (all but the embedding
+tables) at the bandwidth this device reaches on a plain matrix-vector product over as many bytes
+(at most 1 GiB) in the same dtype/quantization (on the CPU, the faster of one core and all of them).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def bench_case(config: str, precision: str, group_size: int | None, steps: int, 
     bandwidths: list[dict] = []
     read_bytes = None
     for i in range(rounds):
-        for name, extra in sides.items():
+        # Odd rounds run the sides in reverse order, so neither side always follows the same process.
+        for name, extra in (list(sides.items())[::-1] if i % 2 else sides.items()):
             python = kyutai_python if extra["side"] == "kyutai" else sys.executable
             # Mimi does not depend on the LM: timed in the first round only.
             r = call_worker(python, {**base, **extra, "mimi": mimi and i == 0}, envs[extra["side"]])
