@@ -112,6 +112,7 @@ def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
 def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, split, monkeypatch):
     if split:  # every product with 2+ column blocks split across 3 CPU streams (`models.products`)
         monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
+        monkeypatch.setattr(products, "SPLIT_MIN_QUANTIZED_WEIGHTS", 0)
         monkeypatch.setattr(generate, "cpu_cores", lambda: 3)
     lm = model()
     user = user_codes(batch)

@@ -36,6 +36,12 @@ def model(precision: str) -> Lm:
     return lm
 
 
+def split_everything(monkeypatch) -> None:
+    """Every product that has 2+ column blocks is split, whatever its size."""
+    monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(products, "SPLIT_MIN_QUANTIZED_WEIGHTS", 0)
+
+
 def linears(lm: Lm) -> list[nn.Module]:
     return [m for _, m in lm.named_modules() if type(m) in (nn.Linear, nn.QuantizedLinear)]
 
@@ -43,7 +49,7 @@ def linears(lm: Lm) -> list[nn.Module]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "q8", "q4"])
 @pytest.mark.parametrize("rows", [1, 2])
 def test_split_products_equal_the_module_calls(precision, rows, monkeypatch):
-    monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)  # split every product that has 2+ blocks
+    split_everything(monkeypatch)
     lm = model(precision)
     modules = linears(lm)
     assert (precision[0] == "q") == any(type(m) is nn.QuantizedLinear for m in modules)
@@ -72,7 +78,7 @@ def test_split_products_equal_the_module_calls(precision, rows, monkeypatch):
 
 def test_split_products_hold_views_not_copies(monkeypatch):
     """The column blocks are views of the weights: building them allocates nothing."""
-    monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
+    split_everything(monkeypatch)
     for precision in ("fp32", "q4"):
         lm = model(precision)
         active = mx.get_active_memory()
@@ -80,3 +86,16 @@ def test_split_products_hold_views_not_copies(monkeypatch):
         assert mx.get_active_memory() <= active + 16 * 1024
     assert _column_blocks(lm.text_linear, 3) is not None
     assert len(cpu_streams(3)) == 3 and cpu_streams(3)[0] == mx.default_stream(mx.cpu)
+
+
+def test_quantized_products_split_from_a_smaller_size():
+    """A quantized product of `SPLIT_MIN_QUANTIZED_WEIGHTS` weights is split, a plain one of that size
+    is not (MLX's CPU quantized product costs several times more per weight)."""
+    n_in, n_out = 256, products.SPLIT_MIN_QUANTIZED_WEIGHTS // 256
+    assert n_in * n_out < products.SPLIT_MIN_WEIGHTS
+    plain = nn.Linear(n_in, n_out, bias=False)
+    quantized = nn.QuantizedLinear.from_linear(plain, group_size=32, bits=4)
+    narrower = nn.QuantizedLinear.from_linear(nn.Linear(n_in, n_out - 16, bias=False), group_size=32, bits=4)
+    assert _column_blocks(plain, 2) is None
+    assert _column_blocks(quantized, 2) is not None
+    assert _column_blocks(narrower, 2) is None
