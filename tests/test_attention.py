@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from moshi_mlx.config import TransformerConfig
+from moshi_mlx.modules.attention import apply_rope, rope_rotations, rotate
 from moshi_mlx.modules.kv_cache import KVCache, RingKVCache, attention_mask
 from moshi_mlx.modules.transformer import Transformer
 
@@ -89,3 +90,21 @@ def test_weights_per_step_select_by_position():
     cache = model.make_cache()
     steps = mx.concatenate([model(x[:, t : t + 1], cache) for t in range(4)], axis=1)
     assert mx.abs(batch - steps).max().item() < 1e-5
+
+
+@pytest.mark.parametrize("dims", [16, 128])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_rope_rotations_equal_fast_rope_bit_for_bit(dims, dtype):
+    """The CPU frame's RoPE (one batched product by `rope_rotations`) gives `mx.fast.rope`'s values
+    computed in fp32 and rounded once to the input's dtype (torch moshi's rule) exactly on the query
+    and key heads, and leaves the value heads as they are; eager and compiled, with the position as
+    an array (the frame's) or an int."""
+    H, Hk = 3, 2
+    x = mx.random.normal((2, H + 2 * Hk, 1, dims)).astype(dtype)
+    built = mx.compile(lambda p: rope_rotations(p, dims, 10000.0, H, Hk))
+    for p in (0, 1, 37, 2999, 12345):
+        for rotations in (rope_rotations(p, dims, 10000.0, H, Hk), built(mx.array(p, dtype=mx.int32))):
+            got = rotate(x, rotations)
+            rope = apply_rope(x[:, : H + Hk].astype(mx.float32), p, 10000.0).astype(dtype)
+            want = mx.concatenate([rope, x[:, H + Hk :]], axis=1)
+            assert got.dtype == dtype and mx.array_equal(got, want).item(), p
