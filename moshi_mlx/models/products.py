@@ -77,8 +77,9 @@ def transposed_linear(lm: Lm, parts: int = 1, whole: Collection[int] = ()) -> Li
     With `parts > 1` (CPU cores), a plain bias-free product of at least `SPLIT_MIN_WEIGHTS` weights
     or a quantized one of at least `SPLIT_MIN_QUANTIZED_WEIGHTS`, unless its module's `id` is in
     `whole`, is computed as up to `parts` blocks of output columns, each on its own CPU stream
-    (worker thread), then concatenated: each output is the same dot product as in the whole product. (Column blocks of a weight laid out
-    `[in, out]`, see `lay_out_for_cpu_blas`, would be copies: pass those modules in `whole`.)"""
+    (worker thread), then concatenated: each output is the same dot product as in the whole
+    product. (Column blocks of a weight laid out `[in, out]`, see `lay_out_for_cpu_blas`, would be
+    copies: pass those modules in `whole`.)"""
     views = {id(m): m.weight.T for _, m in lm.named_modules() if type(m) is nn.Linear and "bias" not in m}
     split: dict[int, tuple[list[int], list[Product]]] = {}
     if parts > 1:

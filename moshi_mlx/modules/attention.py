@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import mlx.core as mx
@@ -26,15 +27,22 @@ def rope_rotations(position: int | mx.array, dims: int, max_period: float, heads
     head; so one batched product rotates a `[B, H + 2 Hkv, 1, dims]` q|k|v. On the CPU backend this
     replaces the many nodes `mx.fast.rope` becomes; built once per frame and shared by every layer,
     from constants (no graph nodes) and one fused elementwise kernel."""
-    half = dims // 2
-    pair = mx.array([j // 2 for j in range(dims)], dtype=mx.float32)  # the angle index of each column
-    angle = mx.array(position).astype(mx.float32) * mx.exp(pair * (-math.log(max_period) / half))
+    pair, eye, swap, rotated = _rope_patterns(dims, heads, kv_heads)
+    angle = mx.array(position).astype(mx.float32) * mx.exp(pair * (-math.log(max_period) / (dims // 2)))
+    rotation = eye * mx.cos(angle) + swap * mx.sin(angle)
+    return rotated * rotation + (1.0 - rotated) * eye
+
+
+@lru_cache(maxsize=8)
+def _rope_patterns(dims: int, heads: int, kv_heads: int) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """The constants of `rope_rotations`, built once per shape: each column's angle index, the
+    identity, the sine pattern and which of the `H + 2 Hkv` heads are rotated."""
+    pair = mx.array([j // 2 for j in range(dims)], dtype=mx.float32)
     eye = mx.array([[float(i == j) for j in range(dims)] for i in range(dims)])
     # Row j ^ 1 of column j: -sin under an even column (x[2i+1] feeds out[2i] with -sin), +sin under an odd one.
     swap = mx.array([[(1.0 if j % 2 else -1.0) if i == j ^ 1 else 0.0 for j in range(dims)] for i in range(dims)])
-    rotated = mx.array([1.0] * (heads + kv_heads) + [0.0] * kv_heads)[None, :, None, None]
-    rotation = eye * mx.cos(angle) + swap * mx.sin(angle)
-    return rotated * rotation + (1.0 - rotated) * eye
+    rotated = mx.array([[[[1.0]]] * (heads + kv_heads) + [[[0.0]]] * kv_heads])  # [1, H + 2 Hkv, 1, 1]
+    return pair, eye, swap, rotated
 
 
 def rotate(x: mx.array, rotation: mx.array) -> mx.array:
