@@ -22,6 +22,7 @@ from .models.conditioners import Condition
 from .models.frame import FrameSpec, depth_part, is_lean, kv_dtype, supports_compiled_frame, temporal_part
 from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
+from .modules.attention import rope_product_is_exact
 from .modules.kv_cache import bucket_size, grow_buffer
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
 
@@ -99,7 +100,7 @@ class LmGen:
         """Starts a new conversation: empty KV buffers, token ring and a fresh random key; the frame
         graph is rebuilt (so it reads the current weights). On the CPU, fp32 projections are laid
         out for its BLAS first, same values, and large products are split across its cores
-        (`models.products`)."""
+        (`models.products`); RoPE is one matrix product where that product is exact."""
         cfg = self.lm.cfg
         self.tokens = mx.full(
             (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
@@ -111,11 +112,16 @@ class LmGen:
             self.key = self._seed_key
         else:  # drawn from the global random state: `mx.random.seed` still makes a run reproducible
             self.key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
+        rope_product = False
         if is_lean(self._spec):
             linear = transposed_linear(self.lm, parts=cpu_cores(), whole=lay_out_for_cpu_blas(self.lm))
+            tcfg = cfg.transformer
+            rope_product = tcfg.positional_embedding == "rope" and rope_product_is_exact(
+                tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads, str(mx.default_device())
+            )
         else:
             linear = transposed_linear(self.lm)
-        self._spec = replace(self._spec, linear=linear)
+        self._spec = replace(self._spec, linear=linear, rope_product=rope_product)
         self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
         self._depth: dict[bool, Callable] = {}  # by forcing
 

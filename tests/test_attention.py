@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from moshi_mlx.config import TransformerConfig
-from moshi_mlx.modules.attention import apply_rope, rope_rotations, rotate
+from moshi_mlx.modules import attention
+from moshi_mlx.modules.attention import apply_rope, rope_product_is_exact, rope_rotations, rotate
 from moshi_mlx.modules.kv_cache import KVCache, RingKVCache, attention_mask
 from moshi_mlx.modules.transformer import Transformer
 
@@ -96,21 +97,51 @@ def test_weights_per_step_select_by_position():
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 def test_rope_rotations_equal_fast_rope(dims, dtype):
     """The CPU frame's RoPE (one batched product by `rope_rotations`) gives `mx.fast.rope`'s fp32
-    values bit for bit on the query and key heads, rounded once to the input's dtype (torch moshi's
-    rule), and leaves the value heads as they are. Compiled (the frame), the rotations equal these on
-    MLX 0.32; MLX 0.30's fused kernel rounds the angle differently, by at most about one fp32 ulp of
-    the angle (about 1e-3 at position 12,345)."""
+    values bit for bit on the query and key heads where `rope_product_is_exact` says so (MLX's
+    bundled BLAS; with a BLAS that fuses multiply-adds, e.g. OpenBLAS, within an ulp, and the frame
+    then uses fast.rope), rounded once to the input's dtype (torch moshi's rule), and leaves the
+    value heads as they are. Compiled (the frame), the rotations equal these on MLX 0.32; MLX 0.30's
+    fused kernel rounds the angle differently, by at most about one fp32 ulp of the angle (about
+    1e-3 at position 12,345)."""
     H, Hk = 3, 2
     x = mx.random.normal((2, H + 2 * Hk, 1, dims)).astype(dtype)
     x32 = x.astype(mx.float32)
     built = mx.compile(lambda p: rope_rotations(p, dims, 10000.0, H, Hk))
+    exact_here = rope_product_is_exact(dims, 10000.0, H, Hk, str(mx.default_device()))
     for p in (0, 1, 37, 2999, 12345):
         rotations = rope_rotations(mx.array(p, dtype=mx.int32), dims, 10000.0, H, Hk)
         assert mx.array_equal(rope_rotations(p, dims, 10000.0, H, Hk), rotations).item()
         exact = rotate(x32, rotations)
-        assert mx.array_equal(exact[:, : H + Hk], apply_rope(x32[:, : H + Hk], p, 10000.0)).item(), p
+        want = apply_rope(x32[:, : H + Hk], p, 10000.0)
+        if exact_here:
+            assert mx.array_equal(exact[:, : H + Hk], want).item(), p
+        else:
+            assert mx.allclose(exact[:, : H + Hk], want, rtol=0, atol=2**-20).item(), p  # |x| < 8: an ulp of x
         assert mx.array_equal(exact[:, H + Hk :], x32[:, H + Hk :]).item()
         got = rotate(x, rotations)
         assert got.dtype == dtype and mx.array_equal(got, exact.astype(dtype)).item(), p
         angle_ulp = 2.0**-23 * max(p, 1)
         assert mx.allclose(built(mx.array(p, dtype=mx.int32)), rotations, rtol=0, atol=2 * angle_ulp).item(), p
+
+
+def test_rope_product_check_rejects_a_product_off_by_an_ulp(monkeypatch):
+    """`rope_product_is_exact` compares the product with `mx.fast.rope` bit for bit: a product one
+    ulp off (as a fused multiply-add rounds) fails it, the same product passes it again."""
+    exact = rotate
+
+    def off_by_an_ulp(x, rotation):
+        y = exact(x, rotation)
+        return mx.where(mx.arange(y.shape[-1]) == 1, y * (1 + 2**-23), y)  # heads' element 1
+
+    args = (16, 10000.0, 3, 2, str(mx.default_device()))
+    rope_product_is_exact.cache_clear()
+    try:
+        expected = rope_product_is_exact(*args)
+        rope_product_is_exact.cache_clear()
+        monkeypatch.setattr(attention, "rotate", off_by_an_ulp)
+        assert not rope_product_is_exact(*args)
+        rope_product_is_exact.cache_clear()
+        monkeypatch.setattr(attention, "rotate", exact)
+        assert rope_product_is_exact(*args) == expected
+    finally:
+        rope_product_is_exact.cache_clear()

@@ -99,3 +99,24 @@ def test_quantized_products_split_from_a_smaller_size():
     assert _column_blocks(plain, 2) is None
     assert _column_blocks(quantized, 2) is not None
     assert _column_blocks(narrower, 2) is None
+
+
+def test_same_products_compares_bit_for_bit():
+    """`same_products` holds for a weight and its `[in, out]` copy exactly when every product of 1, 2
+    and 4 rows is bitwise equal, and fails when a single weight differs (by a thousandth)."""
+    w = mx.random.normal((48, 80), key=mx.random.key(3))
+    laid = mx.contiguous(w.T).T
+    x = mx.random.normal((4, 80), key=mx.random.key(0))
+    alike = all(mx.array_equal(x[:n] @ w.T, x[:n] @ laid.T).item() for n in (1, 2, 4))
+    assert products.same_products(w, laid) == alike
+    assert products.same_products(w, mx.array(w))  # same layout, same kernel
+    off = mx.where((mx.arange(48)[:, None] == 5) & (mx.arange(80)[None] == 7), w * 1.001, w)
+    assert not products.same_products(w, off)
+
+
+def test_layouts_that_sum_differently_are_left_alone(monkeypatch):
+    """Where the BLAS sums the two layouts differently (`same_products` false), no weight is laid out."""
+    lm = model("fp32")
+    monkeypatch.setattr(products, "same_products", lambda *a: False)
+    assert products.lay_out_for_cpu_blas(lm) == frozenset()
+    assert all(not np.asarray(m.weight).flags["F_CONTIGUOUS"] for m in linears(lm))

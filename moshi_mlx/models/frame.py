@@ -44,6 +44,9 @@ class FrameSpec:
     text_choice: int | None = None
     # `StepOps(lean=...)` and RoPE as matrix products: None picks them on the CPU backend only.
     lean: bool | None = None
+    # Whether the lean frame applies RoPE as one matrix product (where that product is exact, see
+    # `attention.rope_product_is_exact`) rather than with `mx.fast.rope`.
+    rope_product: bool = True
 
 
 def supports_compiled_frame(lm: Lm) -> str | None:
@@ -160,8 +163,8 @@ def temporal_part(
     key, text_key = _unstack_keys(keys[:2])
 
     # Temporal transformer, one position, as [B, D]. On the CPU backend every graph node costs a
-    # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (exact, see
-    # `rope_rotations`) replace the many nodes fast.rope, rms_norm and attention expand to there.
+    # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (where exact, see
+    # `spec.rope_product`) replace the many nodes fast.rope, rms_norm and attention expand to there.
     tcfg = cfg.transformer
     ops = _ops(spec)
     x = embed_step(lm, inputs)
@@ -175,7 +178,7 @@ def temporal_part(
     if ops.lean_attention(lm.transformer.layers[0].self_attn):
         mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, kv[0].shape[2]), kv[0].dtype)
     rotations = None
-    if tcfg.positional_embedding == "rope" and ops.lean:
+    if tcfg.positional_embedding == "rope" and ops.lean and spec.rope_product:
         rotations = rope_rotations(step, tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads)
     new_kv = []
     for i, layer in enumerate(lm.transformer.layers):

@@ -45,6 +45,22 @@ def _rope_patterns(dims: int, heads: int, kv_heads: int) -> tuple[mx.array, mx.a
     return pair, eye, swap, rotated
 
 
+@lru_cache(maxsize=16)
+def rope_product_is_exact(dims: int, max_period: float, heads: int, kv_heads: int, device: str) -> bool:
+    """Whether, on `device` (the default one, named), `rotate` by `rope_rotations` gives
+    `apply_rope`'s fp32 values bit for bit and leaves the value heads as they are: checked on
+    random heads at a few positions. A product that fuses each multiply-add (e.g. OpenBLAS's
+    fp32 kernels) rounds a rotated pair once where `apply_rope` rounds twice."""
+    H, Hk = heads, kv_heads
+    x = mx.random.normal((2, H + 2 * Hk, 1, dims), key=mx.random.key(0))
+    for position in (1, 3, 1000, 12345):
+        out = rotate(x, rope_rotations(position, dims, max_period, H, Hk))
+        same = mx.array_equal(out[:, : H + Hk], apply_rope(x[:, : H + Hk], position, max_period))
+        if not (same.item() and mx.array_equal(out[:, H + Hk :], x[:, H + Hk :]).item()):
+            return False
+    return True
+
+
 def rotate(x: mx.array, rotation: mx.array) -> mx.array:
     """`x` `[..., dims]` times `rope_rotations`, computed in fp32 and returned in `x`'s dtype."""
     return (x.astype(mx.float32) @ rotation).astype(x.dtype)
