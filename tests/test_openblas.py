@@ -32,6 +32,7 @@ def openblas() -> str:
     return str(path)
 
 
+@pytest.mark.slow  # reruns the frame's exactness tests in a subprocess: about 30 s
 @pytest.mark.skipif(version.parse(mx.__version__) < version.parse("0.32"),
                     reason="on MLX 0.30, under OpenBLAS, the compiled and op-by-op LmGen differ at batch 1 even "
                     "in the GPU formulation, which has neither the matrix RoPE nor the [in, out] layout")
