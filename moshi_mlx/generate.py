@@ -117,7 +117,7 @@ class LmGen:
             linear = transposed_linear(self.lm, parts=cpu_cores(), whole=lay_out_for_cpu_blas(self.lm))
             tcfg = cfg.transformer
             rope_product = tcfg.positional_embedding == "rope" and rope_product_is_exact(
-                tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads, str(mx.default_device())
+                tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads
             )
         else:
             linear = transposed_linear(self.lm)

@@ -45,12 +45,17 @@ def _rope_patterns(dims: int, heads: int, kv_heads: int) -> tuple[mx.array, mx.a
     return pair, eye, swap, rotated
 
 
+def rope_product_is_exact(dims: int, max_period: float, heads: int, kv_heads: int) -> bool:
+    """Whether, on the default device, `rotate` by `rope_rotations` gives `apply_rope`'s fp32 values
+    bit for bit and leaves the value heads as they are: checked on random heads at a few positions,
+    once per shape and device. A product that fuses each multiply-add (e.g. OpenBLAS's fp32
+    kernels) rounds a rotated pair once where `apply_rope` rounds twice."""
+    return _rope_product_check(dims, max_period, heads, kv_heads, str(mx.default_device()))
+
+
 @lru_cache(maxsize=16)
-def rope_product_is_exact(dims: int, max_period: float, heads: int, kv_heads: int, device: str) -> bool:
-    """Whether, on `device` (the default one, named), `rotate` by `rope_rotations` gives
-    `apply_rope`'s fp32 values bit for bit and leaves the value heads as they are: checked on
-    random heads at a few positions. A product that fuses each multiply-add (e.g. OpenBLAS's
-    fp32 kernels) rounds a rotated pair once where `apply_rope` rounds twice."""
+def _rope_product_check(dims: int, max_period: float, heads: int, kv_heads: int, device: str) -> bool:
+    """`rope_product_is_exact` on `device` (named, the cache's key)."""
     H, Hk = heads, kv_heads
     x = mx.random.normal((2, H + 2 * Hk, 1, dims), key=mx.random.key(0))
     for position in (1, 3, 1000, 12345):
