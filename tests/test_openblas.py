@@ -10,10 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 from conftest import unavailable
-from packaging import version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
@@ -32,9 +30,6 @@ def openblas() -> str:
 
 
 @pytest.mark.slow  # reruns the frame's exactness tests in a subprocess: about 30 s
-@pytest.mark.skipif(version.parse(mx.__version__) < version.parse("0.32"),
-                    reason="on MLX 0.30, under OpenBLAS, the compiled and op-by-op LmGen differ at batch 1 even "
-                    "in the GPU formulation, which has neither the matrix RoPE nor the [in, out] layout")
 def test_cpu_frame_stays_exact_under_openblas():
     env = {**os.environ, "LD_PRELOAD": openblas(), "OPENBLAS_NUM_THREADS": "2"}
     probe = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True)
@@ -43,6 +38,6 @@ def test_cpu_frame_stays_exact_under_openblas():
     tests = ["tests/test_frame.py::test_compiled_frame_equals_op_by_op_through_growth_and_wrap",
              "tests/test_frame.py::test_cpu_relayout_keeps_every_weight_and_frees_the_old_buffers",
              "tests/test_attention.py::test_rope_rotations_equal_fast_rope"]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not gpu", *tests],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

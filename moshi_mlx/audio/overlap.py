@@ -24,33 +24,12 @@ from ..errors import InvalidArgument
 from .conversation import Conversation, FrameResult
 
 
-# MLX 0.31.2+ gives each thread its own streams (and `mx.clear_streams`); with older MLX two threads
-# evaluating at once crash (a segfault with mlx 0.29), so there the Mimi work runs inline, in the caller's thread.
-THREAD_STREAMS = hasattr(mx, "clear_streams")
-
-
-class _Inline:
-    """The executor used without per-thread MLX streams: runs each job at once, in the caller's thread."""
-
-    def submit(self, fn: Callable, *args) -> Future:
-        f: Future = Future()
-        try:
-            f.set_result(fn(*args))
-        except BaseException as e:
-            f.set_exception(e)
-        return f
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
-
-
 def release_thread_streams() -> None:
     """Call at the end of a thread that ran MLX work: waits for it and frees the thread's MLX
-    streams. MLX (0.31.2+) gives each thread its own streams; left alive past their thread they abort
-    the process at exit ("terminate called without an active exception")."""
+    streams. MLX gives each thread its own streams; left alive past their thread they abort the
+    process at exit ("terminate called without an active exception")."""
     mx.synchronize()
-    if hasattr(mx, "clear_streams"):
-        mx.clear_streams()
+    mx.clear_streams()
 
 
 class OverlappedSteps:
@@ -66,7 +45,7 @@ class OverlappedSteps:
     def __init__(self, conversation: Conversation, on_result: Callable[[FrameResult], None] | None = None):
         self.conversation = conversation
         self.on_result = on_result
-        self._mimi = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moshi-mimi") if THREAD_STREAMS else _Inline()
+        self._mimi = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moshi-mimi")
         self._encoded: collections.deque[Future] = collections.deque()
         self._decoding: collections.deque[Future] = collections.deque()
         self._results: collections.deque[FrameResult] = collections.deque()
@@ -146,8 +125,7 @@ class OverlappedSteps:
         for f in self._encoded:
             f.cancel()
         self._encoded.clear()
-        if THREAD_STREAMS:
-            self._mimi.submit(release_thread_streams)  # the last job of the Mimi thread
+        self._mimi.submit(release_thread_streams)  # the last job of the Mimi thread
         self._mimi.shutdown(wait=True)
         errors = [f.exception() for f in self._decoding if not f.cancelled() and f.exception() is not None]
         self._decoding.clear()
