@@ -1,7 +1,8 @@
 """`RustMimi` streams past rustymimi's position limit by swapping instances, without a glitch.
 
 A rotary table of 64 positions (rustymimi's `max_seq_len`; 8192 by default) makes one instance die
-at frame 32, so a few swaps fit in a fast test: every 20 frames, warm-up 10, crossfade 2.
+at frame 32, so a few swaps fit in 80 frames: every 20 frames, warm-up 10, crossfade 2 (the three
+tests on those streams are `slow`: about 30 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def streams() -> dict[str, np.ndarray | dict]:
     }
 
 
+@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
 def test_one_instance_dies_at_the_limit_the_swap_avoids():
     import rustymimi
 
@@ -86,6 +88,7 @@ def test_one_instance_dies_at_the_limit_the_swap_avoids():
     assert streams()["swaps"] == {"enc": len(SWAPS), "dec": len(SWAPS)}  # and FRAMES > 32 went through
 
 
+@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
 def test_codes_after_each_swap_agree_with_the_unswapped_stream():
     s = streams()
     first = SWAPS[0]
@@ -94,6 +97,7 @@ def test_codes_after_each_swap_agree_with_the_unswapped_stream():
         assert (s["s_codes"][..., a:b] == s["codes"][..., a:b]).mean() >= MIN_AGREEMENT, (a, b)
 
 
+@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
 def test_decoded_audio_has_no_jump_at_the_swaps():
     s = streams()
     x, y = s["pcm"], s["s_pcm"]

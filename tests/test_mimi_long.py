@@ -1,13 +1,15 @@
 """Our MLX Mimi streams for as long as anyone talks: past rustymimi's 4096-frame limit, flat memory.
 
 A small Mimi with the published one's streaming structure (2 transformer steps per frame, RoPE at
-the absolute position, a `context`-step attention window held in ring KV caches) keeps it fast.
+the absolute position, a `context`-step attention window held in ring KV caches) keeps the 4200
+frames to about 15 s (a `slow` test).
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from moshi_mlx.config import MimiConfig, SeanetConfig, TransformerConfig
 from moshi_mlx.models.mimi import Mimi
@@ -59,6 +61,7 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+@pytest.mark.slow  # 4200 frames: about 15 s
 def test_streams_past_4096_frames_with_flat_memory():
     model = small_mimi()
     fs = model.frame_size
