@@ -125,7 +125,7 @@ def machine() -> tuple[str, str]:
     """(machine name, backend) of this MLX: e.g. ("AMD EPYC", "mlx-cpu")."""
     import mlx.core as mx
 
-    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    info = mx.device_info()
     name = str(info.get("device_name") or platform.processor() or platform.machine())
     if mx.default_device() == mx.cpu:
         return name, "mlx-cpu"

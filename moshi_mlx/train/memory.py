@@ -67,7 +67,7 @@ def estimate(lm: Lm, batch_size: int, frames: int, gradient_checkpointing: bool)
 
 def available_memory() -> int | None:
     """Bytes a training run may use: the GPU's recommended working set on a Mac, else the free RAM."""
-    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    info = mx.device_info()
     for key in ("max_recommended_working_set_size", "memory_size"):
         if info.get(key):
             return int(info[key])
