@@ -46,6 +46,10 @@ def frame(pcm: np.ndarray, t: int) -> np.ndarray:
     return pcm[..., t * ref.FRAME : (t + 1) * ref.FRAME]
 
 
+# The tests on `streams()` share its 80 frames through two rustymimi instances: about 30 s.
+slow_streams = pytest.mark.slow
+
+
 @functools.cache
 def streams() -> dict[str, np.ndarray | dict]:
     """The unswapped stream (one instance with room for all frames) and the swapping one, both sides;
@@ -75,7 +79,7 @@ def streams() -> dict[str, np.ndarray | dict]:
     }
 
 
-@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
+@slow_streams
 def test_one_instance_dies_at_the_limit_the_swap_avoids():
     import rustymimi
 
@@ -88,7 +92,7 @@ def test_one_instance_dies_at_the_limit_the_swap_avoids():
     assert streams()["swaps"] == {"enc": len(SWAPS), "dec": len(SWAPS)}  # and FRAMES > 32 went through
 
 
-@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
+@slow_streams
 def test_codes_after_each_swap_agree_with_the_unswapped_stream():
     s = streams()
     first = SWAPS[0]
@@ -97,7 +101,7 @@ def test_codes_after_each_swap_agree_with_the_unswapped_stream():
         assert (s["s_codes"][..., a:b] == s["codes"][..., a:b]).mean() >= MIN_AGREEMENT, (a, b)
 
 
-@pytest.mark.slow  # the swapping and unswapped streams of 80 frames through rustymimi: about 30 s, shared
+@slow_streams
 def test_decoded_audio_has_no_jump_at_the_swaps():
     s = streams()
     x, y = s["pcm"], s["s_pcm"]
