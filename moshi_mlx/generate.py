@@ -23,7 +23,7 @@ from .models.frame import FrameSpec, depth_part, is_lean, kv_dtype, supports_com
 from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
 from .modules.attention import rope_product_is_exact
-from .modules.kv_cache import bucket_size, grow_buffer
+from .modules.kv_cache import bucket_size, grow_buffers
 from .sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampler, make_sampler
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class LmGen:
         if cap is None or step < cap:
             needed = bucket_size(step + 1, cap)
             if needed > size:
-                self.kv = [grow_buffer(a, needed) for a in self.kv]
+                grow_buffers(self.kv, needed)
                 size = needed
         slot = step if cap is None else step % cap
         filled = step + 1 if cap is None else min(step + 1, cap)

@@ -17,7 +17,7 @@ from moshi_mlx.generate import LmGen
 from moshi_mlx.models import frame, products
 from moshi_mlx.models.frame import embed_step
 from moshi_mlx.models.lm import Lm
-from moshi_mlx.modules.kv_cache import bucket_size
+from moshi_mlx.modules.kv_cache import bucket_size, grow_buffers
 from moshi_mlx.modules.transformer import StepOps, attention_bias
 from moshi_mlx.sampling import make_sampler
 
@@ -161,6 +161,30 @@ def test_kv_buffers_are_written_in_place():
         mx.eval(*gen.kv)
         seen.append([address(a) for a in gen.kv])
     assert all(s == seen[0] for s in seen), "the KV buffers moved: their slice updates copied them"
+
+
+def test_kv_growth_frees_each_old_buffer_at_once_outside_the_cache():
+    """A bucket growth copies the buffers one at a time, freeing each old one before the next copy
+    and leaving none in MLX's buffer cache: the peak is the grown buffers plus one old one (a full
+    conversation's peak resident memory held up to 32 MB of old buffers in the cache before)."""
+    bufs = [mx.random.normal((1, 2, 256, 64)) for _ in range(8)]  # 128 KiB each
+    mx.eval(bufs)
+    before = [np.array(b) for b in bufs]
+    limit = mx.set_cache_limit(1 << 30)  # a cache that would hold every old buffer
+    try:
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        active = mx.get_active_memory()
+        grow_buffers(bufs, 512)
+        peak, cached = mx.get_peak_memory(), mx.get_cache_memory()
+    finally:
+        assert mx.set_cache_limit(limit) == 1 << 30  # the caller's limit is back
+    old, new = 128 << 10, 256 << 10
+    assert cached == 0
+    assert peak <= active + 8 * (new - old) + new + old, f"{(peak - active) >> 10} KiB over the buffers"
+    for b, a in zip(bufs, before):
+        assert b.shape == (1, 2, 512, 64)
+        assert np.array_equal(np.array(b[:, :, :256]), a) and not np.array(b[:, :, 256:]).any()
 
 
 def test_a_model_without_context_keeps_growing():
