@@ -246,8 +246,26 @@ def depth_part(
 
 
 def _unstack_keys(keys: mx.array) -> list[mx.array]:
-    """The rows of `[n, 2]` random keys, in two graph nodes (indexing takes two per key)."""
-    return mx.split(keys.reshape(-1), keys.shape[0])
+    """The rows of `[n, 2]` random keys, in few graph nodes (indexing takes two per key)."""
+    return split_ones(keys.reshape(-1), keys.shape[0])
+
+
+# `mx.split` makes one graph node of at most this many pieces; more become one slice node each.
+_SPLIT_PIECES = 10
+
+
+def split_ones(a: mx.array, n: int, axis: int = 0) -> list[mx.array]:
+    """`mx.split(a, n, axis)` (`n` equal pieces) in the fewest graph nodes: pieces in groups
+    that one split node makes, instead of a slice node each past ten."""
+    if n <= _SPLIT_PIECES:
+        return mx.split(a, n, axis=axis)
+    groups = -(-n // _SPLIT_PIECES)
+    per, size = -(-n // groups), a.shape[axis] // n
+    bounds = list(range(per, n, per))
+    pieces: list[mx.array] = []
+    for group, start in zip(mx.split(a, [b * size for b in bounds], axis=axis), [0] + bounds):
+        pieces += split_ones(group, min(per, n - start), axis)
+    return pieces
 
 
 def _ops(spec: FrameSpec) -> StepOps:
@@ -267,8 +285,8 @@ def embed_step(lm: Lm, tokens: mx.array) -> mx.array:
     if not all(_plain(t) for t in tables):
         return lm.embed(tokens[:, :, None])[:, 0]
     K = len(tables)
-    index = mx.split(mx.maximum(tokens, 0), K, axis=1)  # [B, 1] each
-    zero = mx.split((tokens == ZERO_TOKEN)[:, :, None], K, axis=1)  # [B, 1, 1] each
+    index = split_ones(mx.maximum(tokens, 0), K, axis=1)  # [B, 1] each
+    zero = split_ones((tokens == ZERO_TOKEN)[:, :, None], K, axis=1)  # [B, 1, 1] each
     parts = [mx.where(z, mx.array(0, t.weight.dtype), t.weight[i]) for t, i, z in zip(tables, index, zero)]
     x = None
     for e in parts[1:] + parts[:1]:  # audio streams first, then text: `lm.embed`'s order of sums
