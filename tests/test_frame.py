@@ -152,14 +152,15 @@ def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
 def test_kv_buffers_are_written_in_place():
     """Between bucket growths a step writes its key/value into the buffers it was given: a buffer
     still referenced elsewhere would be copied whole, every step (1.5 GB a step for the 7B's
-    full window)."""
+    full window). Each step is waited for as a caller that reads its tokens does: a kernel of
+    the previous frame still queued behind the buffers' own update holds them too."""
     lm = model()
     gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
     address = lambda a: np.asarray(a).__array_interface__["data"][0]  # noqa: E731
     seen = []
     for _ in range(6):
         gen.step(mx.zeros((1, 2), dtype=mx.int32))
-        mx.eval(*gen.kv)
+        mx.eval(gen.tokens, *gen.kv)
         seen.append([address(a) for a in gen.kv])
     assert all(s == seen[0] for s in seen), "the KV buffers moved: their slice updates copied them"
 
