@@ -58,6 +58,29 @@ def test_ring_keeps_capacity_bytes():
     assert max(sizes) == sizes[-1] == 2 * 6 * 2 * 4 * 4
 
 
+@pytest.mark.parametrize("make", [lambda: RingKVCache(1000, step=256), lambda: KVCache(step=256)])
+def test_cache_growth_frees_the_old_buffers_outside_the_buffer_cache(make):
+    """Step-by-step caches grow 256 slots at a time; each growth frees the old buffers at once,
+    none left in MLX's buffer cache (there, a long text generation on a GPU, whose cache limit is
+    large, would keep every size the buffers ever had); contents and the caller's limit kept."""
+    cache = make()
+    rows = mx.random.normal((300, 1, 2, 1, 64), key=mx.random.key(3))
+    limit = mx.set_cache_limit(1 << 30)  # a cache that would hold every old buffer
+    try:
+        for t in range(256):
+            cache.update_and_fetch(rows[t], -rows[t])
+        mx.eval(cache.keys, cache.values)
+        mx.clear_cache()
+        keys, values, _ = cache.update_and_fetch(rows[256], -rows[256])  # 256 -> 512 slots
+        mx.eval(keys, values)
+        cached = mx.get_cache_memory()
+    finally:
+        assert mx.set_cache_limit(limit) == 1 << 30
+    assert cache.keys.shape[2] == 512 and cached < 128 << 10  # each old buffer was 128 KiB
+    want = np.array(rows[:257, :, :, 0]).transpose(1, 2, 0, 3)
+    assert np.array_equal(np.array(keys), want) and np.array_equal(np.array(values), -want)
+
+
 def test_mask_semantics():
     m = np.array(attention_mask(10, 3, 6, 7, causal=True, context=4))
     # query 10 sees 7..10, query 12 sees 9..12

@@ -37,6 +37,22 @@ def attention_mask(
     return mask
 
 
+def regrow(cache: "KVCache | RingKVCache", n: int, size: int, k: mx.array, v: mx.array) -> None:
+    """Replaces `cache`'s buffers by `size`-slot ones (dtypes and shapes of `k`, `v` `[B, H, T, D]`)
+    holding its first `n` slots, zeros after; the old buffers are freed at once, outside MLX's
+    buffer cache (`grow_buffers`): growing 256 slots at a time, they would otherwise pile up in it."""
+    B, H, _, D = k.shape
+    old = [cache.keys, cache.values]
+    cache.keys = cache.values = None  # the list holds the only references
+    if old[0] is None or n == 0:
+        cache.keys = mx.zeros((B, H, size, D), dtype=k.dtype)
+        cache.values = mx.zeros((B, H, size, v.shape[-1]), dtype=v.dtype)
+        return
+    old[:] = [old[0][..., :n, :].astype(k.dtype), old[1][..., :n, :].astype(v.dtype)]
+    grow_buffers(old, size)
+    cache.keys, cache.values = old
+
+
 class KVCache:
     """Growing cache that keeps every position (e.g. the depformer, reset every frame)."""
 
@@ -53,17 +69,12 @@ class KVCache:
         self.offset = 0
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
-        B, H, T, D = k.shape
+        T = k.shape[2]
         start = self.offset
         needed = start + T
         if self.keys is None or needed > self.keys.shape[2] or self.keys.dtype != k.dtype:
             size = ((needed + self.step - 1) // self.step) * self.step
-            new_k = mx.zeros((B, H, size, D), dtype=k.dtype)
-            new_v = mx.zeros((B, H, size, v.shape[-1]), dtype=v.dtype)
-            if self.keys is not None and start > 0:
-                new_k[..., :start, :] = self.keys[..., :start, :]
-                new_v[..., :start, :] = self.values[..., :start, :]
-            self.keys, self.values = new_k, new_v
+            regrow(self, start, size, k, v)
         self.keys[..., start:needed, :] = k
         self.values[..., start:needed, :] = v
         self.offset = needed
@@ -113,17 +124,10 @@ class RingKVCache:
         return k, v
 
     def _grow(self, k: mx.array, v: mx.array, needed: int) -> None:
-        B, H, _, D = k.shape
         size = min(self.capacity, ((needed + self.step - 1) // self.step) * self.step)
         if self.keys is not None and self.keys.shape[2] >= size and self.keys.dtype == k.dtype:
             return
-        new_k = mx.zeros((B, H, size, D), dtype=k.dtype)
-        new_v = mx.zeros((B, H, size, v.shape[-1]), dtype=v.dtype)
-        n = self._filled
-        if self.keys is not None and n > 0:
-            new_k[..., :n, :] = self.keys[..., :n, :]
-            new_v[..., :n, :] = self.values[..., :n, :]
-        self.keys, self.values = new_k, new_v
+        regrow(self, self._filled, size, k, v)
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array, mx.array | None]:
         T = k.shape[2]
