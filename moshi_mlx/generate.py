@@ -225,9 +225,16 @@ class LmGen:
         except BaseException:
             self.kv = args[1]
             raise
+        previous = args[0]  # the token ring as the previous frame left it: its last output
         del args
         tokens, self.kv, self.key, hidden, text, keys, extra = result
         del result
+        # A caller that does not read every frame's tokens (`generate`) would run frames ahead, and
+        # the previous frame's kernels, still queued, would hold the KV buffers: this frame's
+        # updates would then copy them whole. So that frame is finished first (at once for a caller
+        # that read its tokens); this frame's graph was built meanwhile.
+        mx.eval(previous)
+        del previous
         mx.async_eval(hidden, text, keys)  # the temporal transformer runs while the depformer's graph is built
         self.tokens, out = depth(tokens, hidden, text, keys, step, *forcing)
         self.offset = o + 1

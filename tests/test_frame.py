@@ -149,17 +149,20 @@ def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
     assert gen.offset == 0 and gen.kv_nbytes == 0
 
 
-def test_kv_buffers_are_written_in_place():
+@pytest.mark.parametrize("read_every", [1, 3])
+def test_kv_buffers_are_written_in_place(read_every):
     """Between bucket growths a step writes its key/value into the buffers it was given: a buffer
     still referenced elsewhere would be copied whole, every step (1.5 GB a step for the 7B's
-    full window). Each step is waited for as a caller that reads its tokens does: a kernel of
-    the previous frame still queued behind the buffers' own update holds them too."""
+    full window). Also for a caller that reads the tokens only every few frames (`generate`
+    reads none until the end): the previous frame's kernels, still queued, hold the buffers too,
+    so `LmGen.step` waits for that frame before it starts the next."""
     lm = model()
     gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
     address = lambda a: np.asarray(a).__array_interface__["data"][0]  # noqa: E731
     seen = []
-    for _ in range(6):
-        gen.step(mx.zeros((1, 2), dtype=mx.int32))
+    for _ in range(40 // read_every):  # 40 steps, within the first bucket (128 slots)
+        for _ in range(read_every):
+            gen.step(mx.zeros((1, 2), dtype=mx.int32))
         mx.eval(gen.tokens, *gen.kv)
         seen.append([address(a) for a in gen.kv])
     assert all(s == seen[0] for s in seen), "the KV buffers moved: their slice updates copied them"
