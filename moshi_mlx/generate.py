@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import os
 from dataclasses import replace
+from functools import partial
 
 import mlx.core as mx
 
 from .errors import InvalidArgument
 from .models.conditioners import Condition
-from .models.frame import FrameSpec, depth_part, is_lean, kv_dtype, supports_compiled_frame, temporal_part
+from .models.frame import (
+    FrameSpec, depth_stage, frame_stages, is_lean, kv_dtype, supports_compiled_frame, temporal_stage,
+)
 from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
 from .modules.attention import rope_product_is_exact
@@ -35,8 +38,8 @@ COMPILE_ENV = "MOSHI_MLX_COMPILE"  # "0": run the frame op by op (debugging)
 class LmGen:
     """Streaming generator over an `Lm`; holds its own KV buffers, token ring and random key.
 
-    Each step runs one frame as two compiled graphs (`models.frame.temporal_part`, then
-    `depth_part`, built while the first runs); the KV buffers are updated in place. With
+    Each step runs one frame as a few compiled graphs (`models.frame.frame_stages`), each built
+    while the previous one runs; the KV buffers are updated in place. With
     `compiled=False` (or env `MOSHI_MLX_COMPILE=0`) the same functions run op by op, for debugging.
     Memory is bounded when the model config has a `context` (ring of `context` positions), so a
     conversation can run for any number of steps. The weights are read when the frame graph is
@@ -122,30 +125,21 @@ class LmGen:
         else:
             linear = transposed_linear(self.lm)
         self._spec = replace(self._spec, linear=linear, rope_product=rope_product)
-        self._temporal: dict[tuple[bool, bool], Callable] = {}  # by (masked, forcing)
-        self._depth: dict[bool, Callable] = {}  # by forcing
+        self._stage_fns: dict[tuple[bool, bool], tuple] = {}  # by (masked, forcing)
 
-    def _parts(self, masked: bool, forcing: bool) -> tuple[Callable, Callable]:
-        """The frame's two parts (`models.frame.temporal_part`, `depth_part`; compiled unless
-        `compiled=False`) for a partly filled KV buffer (`masked`) or a full one, with or without
+    def _stages(self, masked: bool, forcing: bool) -> tuple[list[tuple[range, Callable]], list[tuple[range, Callable]]]:
+        """The frame's stages (`models.frame.frame_stages`), each with its function (compiled unless
+        `compiled=False`), for a partly filled KV buffer (`masked`) or a full one, with or without
         forced tokens; built on first use."""
-        spec, wrap = self._spec, (mx.compile if self.compiled else (lambda fn: fn))
-        temporal = self._temporal.get((masked, forcing))
-        if temporal is None:
-
-            def run_temporal(tokens, kv, key, step, slot, *rest):
-                filled, rest = (rest[0], rest[1:]) if masked else (None, rest)
-                return temporal_part(spec, tokens, kv, key, step, slot, filled, rest[0], rest[1] if forcing else None)
-
-            temporal = self._temporal[masked, forcing] = wrap(run_temporal)
-        depth = self._depth.get(forcing)
-        if depth is None:
-
-            def run_depth(tokens, hidden, text, keys, step, *forced):
-                return depth_part(spec, tokens, hidden, text, keys, step, forced[0] if forcing else None)
-
-            depth = self._depth[forcing] = wrap(run_depth)
-        return temporal, depth
+        stages = self._stage_fns.get((masked, forcing))
+        if stages is None:
+            spec, wrap = self._spec, (mx.compile if self.compiled else (lambda fn: fn))
+            temporal, depth = frame_stages(spec)
+            stages = self._stage_fns[masked, forcing] = (
+                [(layers, wrap(partial(temporal_stage, spec, layers))) for layers in temporal],
+                [(codebooks, wrap(partial(depth_stage, spec, codebooks))) for codebooks in depth],
+            )
+        return stages
 
     @property
     def kv_nbytes(self) -> int:
@@ -211,34 +205,39 @@ class LmGen:
             forced = mx.concatenate([forced, alt], axis=1)
         o = self.offset
         slot, filled = self._buffers_for(o)
-        step = mx.array(o, dtype=mx.int32)
-        args = [self.tokens, self.kv, self.key, step, mx.array([slot], dtype=mx.int32)]
-        if filled is not None:
-            args.append(mx.array(filled, dtype=mx.int32))
-        forcing = [] if forced is None else [forced]
-        temporal, depth = self._parts(filled is not None, forced is not None)
-        # From here the graph holds the only references to the old KV buffers, so that their slice
+        step, at = mx.array(o, dtype=mx.int32), mx.array([slot], dtype=mx.int32)
+        temporal, depth = self._stages(filled is not None, forced is not None)
+        previous = self.tokens  # the token ring as the previous frame left it: its last output
+        carry: dict = {"tokens": previous, "key": self.key, "user": user, "forced": forced,
+                       "filled": None if filled is None else mx.array(filled, dtype=mx.int32)}
+        # Each stage's graph holds the only references to its old KV buffers, so that their slice
         # updates write in place (a buffer referenced elsewhere is copied whole, every step).
-        self.kv = None
-        try:
-            result = temporal(*args, user, *forcing)
-        except BaseException:
-            self.kv = args[1]
-            raise
-        previous = args[0]  # the token ring as the previous frame left it: its last output
-        del args
-        tokens, self.kv, self.key, hidden, text, keys, extra = result
-        del result
-        # A caller that does not read every frame's tokens (`generate`) would run frames ahead, and
-        # the previous frame's kernels, still queued, would hold the KV buffers: this frame's
-        # updates would then copy them whole. So that frame is finished first (at once for a caller
-        # that read its tokens); this frame's graph was built meanwhile.
-        mx.eval(previous)
-        del previous
-        mx.async_eval(hidden, text, keys)  # the temporal transformer runs while the depformer's graph is built
-        self.tokens, out = depth(tokens, hidden, text, keys, step, *forcing)
+        kv, self.kv = self.kv, None
+        for i, (layers, stage) in enumerate(temporal):
+            span = slice(2 * layers.start, 2 * layers.stop)
+            chunk, kv[span] = kv[span], [None] * (span.stop - span.start)
+            try:
+                carry, new = stage(carry, chunk, step, at)
+            except BaseException:
+                kv[span], self.kv = chunk, kv
+                raise
+            del chunk
+            kv[span] = new
+            if i == 0:
+                # A caller that does not read every frame's tokens (`generate`) would run frames
+                # ahead, and the previous frame's kernels, still queued, would hold the KV buffers:
+                # this frame's updates would then copy them whole. So that frame is finished first
+                # (at once for a caller that read its tokens); this stage's graph was built meanwhile.
+                mx.eval(previous)
+                del previous
+            mx.async_eval(carry, new)  # runs while the next stage's graph is built
+        self.kv = kv
+        key, extra = carry.pop("key"), carry.pop("extra")
+        for _, stage in depth:
+            carry = stage(carry, step)
+            mx.async_eval(carry)
+        self.tokens, out, self.key = carry["tokens"], carry["out"], key
         self.offset = o + 1
-        mx.async_eval(out, self.tokens, self.key, *self.kv, *extra)
         if self._spec.text_choice is not None:
             *extra, self.sampled_text = extra
         self.extra_heads = extra

@@ -113,6 +113,8 @@ def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
                               "gpu-formulation"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, split, inexact, monkeypatch):
+    if lean and not inexact:  # one temporal layer per stage: the 2-layer model's frame is 2 + dep_q graphs
+        monkeypatch.setattr(frame, "TEMPORAL_STAGE_LAYERS", 1)
     if split:  # every product with 2+ column blocks split across 3 CPU streams (`models.products`)
         monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
         monkeypatch.setattr(products, "SPLIT_MIN_QUANTIZED_WEIGHTS", 0)
@@ -133,6 +135,29 @@ def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, spl
     assert len(np.unique(compiled[:, :, 1])) > 10  # a real sampled stream, not a constant
 
 
+@pytest.mark.parametrize("stage_layers", [1, 2])
+def test_moshi_frame_is_what_the_staged_step_runs(stage_layers, monkeypatch):
+    """`frame.moshi_frame`, the frame as one pure function, gives what `LmGen.step` gives by
+    running and compiling its stages one at a time: tokens, KV buffers, key and output."""
+    monkeypatch.setattr(frame, "TEMPORAL_STAGE_LAYERS", stage_layers)
+    lm = model()
+    gen = LmGen(lm, make_sampler(1.0, top_k=20), make_sampler(1.0, top_k=20), seed=5)
+    user = user_codes(1, 8)
+    for t in range(6):  # past the delays
+        gen.step(mx.array(user[:, :, t]))
+    slot, filled = gen._buffers_for(gen.offset)
+    tokens, kv, key, out, _ = frame.moshi_frame(
+        gen._spec, gen.tokens, list(gen.kv), gen.key, mx.array(gen.offset, dtype=mx.int32),
+        mx.array([slot], dtype=mx.int32), None if filled is None else mx.array(filled, dtype=mx.int32),
+        mx.array(user[:, :, 6]), None,
+    )
+    got = gen.step(mx.array(user[:, :, 6]))
+    assert np.array_equal(np.array(out), np.array(got))
+    assert np.array_equal(np.array(tokens), np.array(gen.tokens))
+    assert np.array_equal(np.array(key), np.array(gen.key))
+    assert all(mx.array_equal(a, b).item() for a, b in zip(kv, gen.kv, strict=True))
+
+
 def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
     lm = model()
     gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
@@ -149,13 +174,16 @@ def test_kv_buffers_grow_by_buckets_and_stop_at_the_context():
     assert gen.offset == 0 and gen.kv_nbytes == 0
 
 
+@pytest.mark.parametrize("stage_layers", [1, 2])
 @pytest.mark.parametrize("read_every", [1, 3])
-def test_kv_buffers_are_written_in_place(read_every):
+def test_kv_buffers_are_written_in_place(read_every, stage_layers, monkeypatch):
     """Between bucket growths a step writes its key/value into the buffers it was given: a buffer
     still referenced elsewhere would be copied whole, every step (1.5 GB a step for the 7B's
     full window). Also for a caller that reads the tokens only every few frames (`generate`
     reads none until the end): the previous frame's kernels, still queued, hold the buffers too,
-    so `LmGen.step` waits for that frame before it starts the next."""
+    so `LmGen.step` waits for that frame before it starts the next. With one temporal layer per
+    stage (`frame.TEMPORAL_STAGE_LAYERS`), each stage's buffers too."""
+    monkeypatch.setattr(frame, "TEMPORAL_STAGE_LAYERS", stage_layers)
     lm = model()
     gen = LmGen(lm, make_sampler(0.0), make_sampler(0.0))
     address = lambda a: np.asarray(a).__array_interface__["data"][0]  # noqa: E731

@@ -5,8 +5,9 @@ temporal transformer, text sampler, the depformer's codebook steps and the audio
 explicit state: the token ring, the temporal KV buffers (fixed shape, written at an array slot),
 the random key and the frame index (an array). Step 3 and step 30,000 therefore run the same
 graphs; only the KV buffer length changes, at a few bucket sizes (see `modules.kv_cache`).
-It is two parts, `temporal_part` then `depth_part`, one compiled graph each: `LmGen` starts the
-first before it builds the second, so building the depformer's graph overlaps the temporal work.
+It runs as stages (`frame_stages`: `temporal_stage`s, then `depth_stage`s), one compiled graph
+each: `LmGen` starts each stage before it builds the next, so building a graph overlaps the work
+of the previous one.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def moshi_frame(
     user: mx.array,
     forced: mx.array | None,
 ) -> tuple[mx.array, list[mx.array], mx.array, mx.array, list[mx.array]]:
-    """Runs frame `step` (int32 scalar array): `temporal_part`, then `depth_part`.
+    """Runs frame `step` (int32 scalar array): every `temporal_stage`, then every `depth_stage`.
 
     Args:
         spec: Model, samplers and ring size.
@@ -141,29 +142,77 @@ def moshi_frame(
         `step - max_delay` (meaningful once `step >= max_delay`) and the extra heads'
         probabilities of this step (`[B', extra_heads_dim]` each; none without extra heads).
     """
-    tokens, kv, key, hidden, text, keys, extra = temporal_part(spec, tokens, kv, key, step, slot, filled, user, forced)
-    tokens, out = depth_part(spec, tokens, hidden, text, keys, step, forced)
-    return tokens, kv, key, out, extra
+    temporal, depth = frame_stages(spec)
+    carry: dict = {"tokens": tokens, "key": key, "user": user, "forced": forced, "filled": filled}
+    new_kv: list[mx.array] = []
+    for layers in temporal:
+        carry, chunk = temporal_stage(spec, layers, carry, kv[2 * layers.start : 2 * layers.stop], step, slot)
+        new_kv += chunk
+    key, extra = carry.pop("key"), carry.pop("extra")
+    for codebooks in depth:
+        carry = depth_stage(spec, codebooks, carry, step)
+    return carry["tokens"], new_kv, key, carry["out"], extra
 
 
-def temporal_part(
-    spec: FrameSpec, tokens: mx.array, kv: list[mx.array], key: mx.array, step: mx.array,
-    slot: mx.array, filled: mx.array | None, user: mx.array, forced: mx.array | None,
-) -> tuple[mx.array, list[mx.array], mx.array, mx.array, mx.array, mx.array, list[mx.array]]:
-    """The first part of `moshi_frame` (same arguments): the user's tokens into the ring, the
-    temporal transformer and the text token. Returns (tokens, kv, key, hidden `[B', D]`, text `[B]`,
-    the depformer samplers' keys `[dep_q, 2]`, extra)."""
+# The lean (CPU) frame runs as several compiled graphs: this many temporal layers each, then one
+# per depformer codebook. MLX's CPU scheduler lets the calling thread dispatch only about 50 nodes
+# ahead of the worker thread that runs the kernels, so a stage's dispatch returns when its work is
+# nearly done, and the worker waits while the next graph is built. Small stages are built in less
+# time than the worker needs for those last nodes (measured on the bench's micro config: a
+# stage of 2 layers or one codebook takes 0.17-0.19 ms to build; the two graphs of before, temporal
+# transformer then depformer, took 0.77 and 0.84 ms of an 8.8 ms frame, mostly with the worker idle).
+TEMPORAL_STAGE_LAYERS = 2
+
+
+def frame_stages(spec: FrameSpec) -> tuple[list[range], list[range]]:
+    """The frame's stages: ranges of temporal layers (`temporal_stage`), then of depformer codebooks
+    (`depth_stage`). The lean frame has small stages (`TEMPORAL_STAGE_LAYERS`, one codebook each);
+    otherwise the temporal transformer and the depformer are one stage each."""
+    n, dq = len(spec.lm.transformer.layers), spec.lm.cfg.dep_q
+    if not is_lean(spec):
+        return [range(n)], [range(dq)]
+    per = TEMPORAL_STAGE_LAYERS
+    return [range(i, min(i + per, n)) for i in range(0, n, per)], [range(k, k + 1) for k in range(dq)] or [range(0)]
+
+
+def temporal_stage(
+    spec: FrameSpec, layers: range, carry: dict, kv: list[mx.array], step: mx.array, slot: mx.array
+) -> tuple[dict, list[mx.array]]:
+    """Temporal layers `layers` of frame `step`, on their KV buffers `kv` (keys, values per layer;
+    this step's go to slot `slot`). The stage from layer 0 starts the frame from `carry` =
+    {tokens, key, user, forced, filled} (see `moshi_frame`); the one ending at the last layer
+    samples the text, and leaves {tokens, key, forced, hidden `[B', D]`, text `[B]`, audio_keys
+    (the depformer samplers' `[dep_q, 2]`), extra}. Returns (carry, updated buffers)."""
+    lm = spec.lm
+    if layers.start == 0:
+        carry = _start(spec, carry, step, kv[0])
+    ops = _ops(spec)
+    x, mask, rotations = carry["x"], carry["mask"], carry["rotations"]
+    new_kv = []
+    for n, i in enumerate(layers):
+        cross = None if spec.cross_kv is None else spec.cross_kv[i]
+        x, k_buf, v_buf = lm.transformer.layers[i].step_into(
+            x, kv[2 * n], kv[2 * n + 1], step, slot, mask, ops, cross, rotations
+        )
+        new_kv += [k_buf, v_buf]
+    carry = {**carry, "x": x}
+    return (_text(spec, carry) if layers.stop == len(lm.transformer.layers) else carry), new_kv
+
+
+def _start(spec: FrameSpec, carry: dict, step: mx.array, buffer: mx.array) -> dict:
+    """The user's tokens into the ring, the random keys of the frame's samplers, the first layer's
+    input `x` `[B', D]` and what every layer shares: the attention `mask` over the slots of a KV
+    buffer like `buffer` and the RoPE `rotations` (see `temporal_stage`)."""
     lm, cfg = spec.lm, spec.lm.cfg
-    dq, B = cfg.dep_q, tokens.shape[0]
     ring = _Ring(spec)
-    tokens = ring.write_user(tokens, user, step)
+    tokens = ring.write_user(carry["tokens"], carry["user"], step)
     inputs = ring.inputs(tokens, step)
 
-    keys = mx.random.split(key, 2 + dq)
+    keys = mx.random.split(carry["key"], 2 + cfg.dep_q)
     key, text_key = _unstack_keys(keys[:2])
 
-    # Temporal transformer, one position, as [B, D]. On the CPU backend every graph node costs a
-    # dispatch: `StepOps(lean=True)` and RoPE as one matrix product per layer (where exact, see
+    # One position, as [B, D]. On the CPU backend every graph node costs a dispatch:
+    # `StepOps(lean=True)` and RoPE as one matrix product per layer (where exact, see
     # `spec.rope_product`) replace the many nodes fast.rope, rms_norm and attention expand to there.
     tcfg = cfg.transformer
     ops = _ops(spec)
@@ -174,21 +223,28 @@ def temporal_part(
         x = x + spec.sum_condition[:, 0].astype(x.dtype)
     if tcfg.positional_embedding == "sin":
         x = x + sin_embedding(step, 1, x.shape[-1], tcfg.max_period, x.dtype)[0]
-    mask = None if filled is None else (mx.arange(kv[0].shape[2]) < filled)[None, :]
+    filled = carry["filled"]
+    size = buffer.shape[2]
+    mask = None if filled is None else (mx.arange(size) < filled)[None, :]
     if ops.lean_attention(lm.transformer.layers[0].self_attn):
-        mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, kv[0].shape[2]), kv[0].dtype)
+        mask = attention_bias(mask, (x.shape[0], tcfg.num_heads, 1, size), buffer.dtype)
     rotations = None
     if tcfg.positional_embedding == "rope" and ops.lean and spec.rope_product:
         rotations = rope_rotations(step, tcfg.head_dim, tcfg.max_period, tcfg.num_heads, tcfg.num_kv_heads)
-    new_kv = []
-    for i, layer in enumerate(lm.transformer.layers):
-        cross = None if spec.cross_kv is None else spec.cross_kv[i]
-        x, k_buf, v_buf = layer.step_into(x, kv[2 * i], kv[2 * i + 1], step, slot, mask, ops, cross, rotations)
-        new_kv += [k_buf, v_buf]
-    hidden = ops.norm(lm.out_norm, x)
+    return {"tokens": tokens, "key": key, "forced": carry["forced"], "text_key": text_key,
+            "audio_keys": keys[2:], "x": x, "mask": mask, "rotations": rotations}
+
+
+def _text(spec: FrameSpec, carry: dict) -> dict:
+    """The text token of the temporal transformer's output `carry["x"]` (sampled, or forced), and
+    the extra heads' probabilities."""
+    lm, cfg = spec.lm, spec.lm.cfg
+    forced, B = carry["forced"], carry["tokens"].shape[0]
+    ops = _ops(spec)
+    hidden = ops.norm(lm.out_norm, carry["x"])
     text_logits = _guided(ops.linear(lm.text_linear, hidden), spec.cfg_coef, B)
 
-    text = spec.text_sampler(text_logits.astype(mx.float32), text_key)
+    text = spec.text_sampler(text_logits.astype(mx.float32), carry["text_key"])
     sampled = text
     if forced is not None:
         forced_text = forced[:, 0]
@@ -200,28 +256,30 @@ def temporal_part(
     extra = [p[:, 0] for p in lm.extra_head_probs(hidden[:, None])]
     if spec.text_choice is not None:
         extra.append(sampled)  # what the sampler drew, before forcing: the state machine reads it
-    return tokens, new_kv, key, hidden, text, keys[2:], extra
+    return {"tokens": carry["tokens"], "key": carry["key"], "forced": forced, "hidden": hidden, "text": text,
+            "audio_keys": carry["audio_keys"], "extra": extra}
 
 
-def depth_part(
-    spec: FrameSpec, tokens: mx.array, hidden: mx.array, text: mx.array, keys: mx.array,
-    step: mx.array, forced: mx.array | None,
-) -> tuple[mx.array, mx.array]:
-    """The second part of `moshi_frame`: the depformer's codebooks after `text` (sampler keys
-    `keys`), all of this step's tokens into the ring. Returns (tokens, out)."""
+def depth_stage(spec: FrameSpec, codebooks: range, carry: dict, step: mx.array) -> dict:
+    """Depformer codebooks `codebooks` of frame `step`. The stage from codebook 0 starts from the
+    temporal stages' carry {tokens, forced, hidden, text, audio_keys} (without key and extra); the one
+    ending at the last codebook writes this step's tokens into the ring and leaves {tokens, out
+    `[B, 1 + dep_q]`} (see `moshi_frame`)."""
     lm, cfg = spec.lm, spec.lm.cfg
-    dq, B = cfg.dep_q, tokens.shape[0]
+    dq, B = cfg.dep_q, carry["tokens"].shape[0]
+    forced = carry["forced"]
+    layers = lm.depformer.layers if dq else []  # STT has no depformer
+    if codebooks.start == 0:
+        carry = {"tokens": carry["tokens"], "forced": forced, "hidden": carry["hidden"],
+                 "keys": _unstack_keys(carry["audio_keys"]) if dq else [], "out": [carry["text"]],
+                 "dkeys": [[] for _ in layers], "dvalues": [[] for _ in layers]}
     ops = _ops(spec)
     ungen = cfg.ungenerated_token_id
-    out_tokens = [text]
-    keys = _unstack_keys(keys) if dq else []
-
-    # Depformer: codebook k attends to codebooks 0..k-1 of this frame only.
-    prev = text
-    layers = lm.depformer.layers if dq else []  # STT has no depformer
-    dkeys: list[list[mx.array]] = [[] for _ in layers]
-    dvalues: list[list[mx.array]] = [[] for _ in layers]
-    for k in range(dq):
+    hidden, out_tokens = carry["hidden"], list(carry["out"])
+    # Codebook k attends to codebooks 0..k-1 of this frame only.
+    dkeys, dvalues = [list(ks) for ks in carry["dkeys"]], [list(vs) for vs in carry["dvalues"]]
+    for k in codebooks:
+        prev = out_tokens[-1]
         prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
         # Without forcing, every token here was sampled (>= 0): no zero-token mask.
         emb = _embed_one(lm.depformer_table(k), prev_in, sampled=forced is None)
@@ -233,16 +291,16 @@ def depth_part(
         for j, layer in enumerate(layers):
             y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
         logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
-        tok = spec.audio_sampler(logits.astype(mx.float32), keys[k])
+        tok = spec.audio_sampler(logits.astype(mx.float32), carry["keys"][k])
         if forced is not None:
             tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
         out_tokens.append(tok)
-        prev = tok
-
+    if codebooks.stop < dq:
+        return {**carry, "out": out_tokens, "dkeys": dkeys, "dvalues": dvalues}
     # Generated tokens are fed back at the next step; the output is frame step - max_delay.
     ring = _Ring(spec)
-    tokens = ring.write_generated(tokens, out_tokens, step)
-    return tokens, ring.output(tokens, step)
+    tokens = ring.write_generated(carry["tokens"], out_tokens, step)
+    return {"tokens": tokens, "out": ring.output(tokens, step)}
 
 
 def _unstack_keys(keys: mx.array) -> list[mx.array]:

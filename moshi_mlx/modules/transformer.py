@@ -282,9 +282,10 @@ class TransformerLayer(nn.Module):
         bias: mx.array | None = None,
     ) -> mx.array:
         """Position `index` (`x` `[B, D]`) of a short stream that lives within one frame (the
-        depformer's codebooks): appends its key/value to `keys`/`values` (positions `0..index-1`
-        before the call), attends to the last `context` of them (`frame_window`), with the weight set
-        of `index`; `bias`: the zero attention bias of that window when `ops.lean_attention`."""
+        depformer's codebooks), with the weight set of `index`: appends its key/value to
+        `keys`/`values` (the earlier positions' `[B, H, n, Dh]`, in pieces along n) and attends to
+        the last `context` of them (`frame_window`); `bias`: the zero attention bias of that window
+        when `ops.lean_attention`. Keys and values it concatenates are left as one piece."""
         w = self.cfg.step_weight_index(index)
         q, k, v = self._project_one(x, index, w, ops)
         keys.append(k)
@@ -292,9 +293,10 @@ class TransformerLayer(nn.Module):
         window = self.frame_window(index)
         if window == 1 and q.shape[1] == v.shape[1]:  # softmax over one key is exactly 1: the output is v
             return self._finish_one(x, v, w, ops)
-        ks = keys[-1] if window == 1 else mx.concatenate(keys[-window:], axis=2)
-        vs = values[-1] if window == 1 else mx.concatenate(values[-window:], axis=2)
-        return self._finish_one(x, ops.attend(self.self_attn, q, ks, vs, bias), w, ops)
+        for pieces in (keys, values):
+            joined = pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=2)
+            pieces[:] = [joined if joined.shape[2] <= window else joined[:, :, -window:]]
+        return self._finish_one(x, ops.attend(self.self_attn, q, keys[0], values[0], bias), w, ops)
 
     def frame_window(self, index: int) -> int:
         """Keys position `index` of an in-frame stream attends to (itself and up to `context - 1` before)."""
