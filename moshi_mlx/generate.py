@@ -211,15 +211,16 @@ class LmGen:
         carry: dict = {"tokens": previous, "key": self.key, "user": user, "forced": forced,
                        "filled": None if filled is None else mx.array(filled, dtype=mx.int32)}
         # Each stage's graph holds the only references to its old KV buffers, so that their slice
-        # updates write in place (a buffer referenced elsewhere is copied whole, every step).
-        kv, self.kv = self.kv, None
+        # updates write in place (a buffer referenced elsewhere is copied whole, every step): the
+        # list `self.kv` lets go of a stage's buffers while the stage is built, then takes its new ones.
+        kv = self.kv
         for i, (layers, stage) in enumerate(temporal):
             span = slice(2 * layers.start, 2 * layers.stop)
             chunk, kv[span] = kv[span], [None] * (span.stop - span.start)
             try:
                 carry, new = stage(carry, chunk, step, at)
             except BaseException:
-                kv[span], self.kv = chunk, kv
+                kv[span] = chunk
                 raise
             del chunk
             kv[span] = new
@@ -231,7 +232,6 @@ class LmGen:
                 mx.eval(previous)
                 del previous
             mx.async_eval(carry, new)  # runs while the next stage's graph is built
-        self.kv = kv
         key, extra = carry.pop("key"), carry.pop("extra")
         for _, stage in depth:
             carry = stage(carry, step)
