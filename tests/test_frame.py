@@ -19,7 +19,7 @@ from moshi_mlx.models import frame, products
 from moshi_mlx.models.frame import embed_step
 from moshi_mlx.models.lm import Lm
 from moshi_mlx.modules.kv_cache import bucket_size, grow_buffers
-from moshi_mlx.modules.transformer import StepOps, attention_bias
+from moshi_mlx.modules.transformer import FP32_SOFTMAX_MIN_KEYS, StepOps, attention_bias, lean_softmax
 from moshi_mlx.sampling import make_sampler
 
 # Moshi's stream layout in miniature; the context (300) exceeds the first buffer bucket (128), so a
@@ -273,6 +273,20 @@ def test_cpu_formulation_pieces_equal_the_fused_ones(dtype):
 
     tokens = mx.array(np.random.default_rng(1).integers(-1, 30, size=(2, lm.cfg.num_codebooks)), dtype=mx.int32)
     assert mx.array_equal(embed_step(lm, tokens), lm.embed(tokens[:, :, None])[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_lean_softmax_of_long_rows_equals_the_softmax_of_their_dtype(dtype):
+    """`lean_softmax` computes rows of `FP32_SOFTMAX_MIN_KEYS` keys or more in fp32 (MLX's CPU
+    softmax of bf16/fp16 is scalar): the values are those of `mx.softmax(..., precise=True)` in
+    the rows' own dtype, masked keys included."""
+    for keys in (FP32_SOFTMAX_MIN_KEYS - 1, FP32_SOFTMAX_MIN_KEYS, 128, 300, 3000):
+        for scale in (0.5, 4.0, 30.0):
+            scores = (scale * mx.random.normal((16, 4, 1, keys), key=mx.random.key(keys))).astype(dtype)
+            filled = mx.random.randint(1, keys + 1, (16, 1, 1, 1), key=mx.random.key(1))
+            scores = mx.where(mx.arange(keys) < filled, scores, -mx.inf)
+            got, want = lean_softmax(scores), mx.softmax(scores, axis=-1, precise=True)
+            assert got.dtype == dtype and mx.array_equal(got, want).item(), (keys, scale)
 
 
 def test_split_ones_equals_mx_split_in_fewer_nodes():
