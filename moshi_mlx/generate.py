@@ -137,7 +137,7 @@ class LmGen:
             temporal, depth = frame_stages(spec)
             stages = self._stage_fns[masked, forcing] = (
                 [(layers, wrap(partial(temporal_stage, spec, layers))) for layers in temporal],
-                [(codebooks, wrap(partial(depth_stage, spec, codebooks))) for codebooks in depth],
+                [(steps, wrap(partial(depth_stage, spec, steps))) for steps in depth],
             )
         return stages
 

@@ -113,9 +113,12 @@ def frame_formulation(gen: LmGen, lean: bool | None) -> LmGen:
                               "gpu-formulation"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, split, inexact, monkeypatch):
-    if lean and not inexact:  # one temporal layer per stage: the 2-layer model's frame is 2 + dep_q graphs
+    if lean and not inexact and not split:  # one layer per stage: the frame is 2 + 4 graphs
         monkeypatch.setattr(frame, "TEMPORAL_STAGE_LAYERS", 1)
-    if split:  # every product with 2+ column blocks split across 3 CPU streams (`models.products`)
+        monkeypatch.setattr(frame, "DEPTH_STAGE_LAYERS", 1)
+    if split:  # every product with 2+ column blocks split across 3 CPU streams (`models.products`),
+        # and depformer stages of 3 layer steps, which end in the middle of a codebook
+        monkeypatch.setattr(frame, "DEPTH_STAGE_LAYERS", 3)
         monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
         monkeypatch.setattr(products, "SPLIT_MIN_QUANTIZED_WEIGHTS", 0)
         monkeypatch.setattr(generate, "cpu_cores", lambda: 3)
@@ -135,11 +138,14 @@ def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, spl
     assert len(np.unique(compiled[:, :, 1])) > 10  # a real sampled stream, not a constant
 
 
-@pytest.mark.parametrize("stage_layers", [1, 2])
-def test_moshi_frame_is_what_the_staged_step_runs(stage_layers, monkeypatch):
+@pytest.mark.parametrize("stage_layers,depth_steps", [(1, 1), (2, 2), (2, 3)],
+                         ids=["one-layer-stages", "default-sizes", "depth-stages-across-codebooks"])
+def test_moshi_frame_is_what_the_staged_step_runs(stage_layers, depth_steps, monkeypatch):
     """`frame.moshi_frame`, the frame as one pure function, gives what `LmGen.step` gives by
-    running and compiling its stages one at a time: tokens, KV buffers, key and output."""
+    running and compiling its stages one at a time: tokens, KV buffers, key and output. Depformer
+    stages of 3 layer steps (of 2 codebooks x 2 layers) end in the middle of a codebook."""
     monkeypatch.setattr(frame, "TEMPORAL_STAGE_LAYERS", stage_layers)
+    monkeypatch.setattr(frame, "DEPTH_STAGE_LAYERS", depth_steps)
     lm = model()
     gen = LmGen(lm, make_sampler(1.0, top_k=20), make_sampler(1.0, top_k=20), seed=5)
     user = user_codes(1, 8)

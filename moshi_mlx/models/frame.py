@@ -149,31 +149,38 @@ def moshi_frame(
         carry, chunk = temporal_stage(spec, layers, carry, kv[2 * layers.start : 2 * layers.stop], step, slot)
         new_kv += chunk
     key, extra = carry.pop("key"), carry.pop("extra")
-    for codebooks in depth:
-        carry = depth_stage(spec, codebooks, carry, step)
+    for steps in depth:
+        carry = depth_stage(spec, steps, carry, step)
     return carry["tokens"], new_kv, key, carry["out"], extra
 
 
-# The lean (CPU) frame runs as several compiled graphs: this many temporal layers each, then one
-# per depformer codebook. MLX's CPU scheduler lets the calling thread dispatch only about 50 nodes
-# ahead of the worker thread that runs the kernels, so a stage's dispatch returns when its work is
-# nearly done, and the worker waits while the next graph is built. Small stages are built in less
-# time than the worker needs for those last nodes (measured on the bench's micro config: a
-# stage of 2 layers takes about 0.05 ms to build, one codebook 0.13-0.16 ms, the first stage with
-# the frame's start 0.2 ms; the two graphs of before, temporal transformer then depformer, took
-# 0.77 and 0.84 ms of an 8.8 ms frame, mostly with the worker idle).
+# The lean (CPU) frame runs as several compiled graphs: this many temporal layers each, then this
+# many depformer layer steps each. MLX's CPU scheduler lets the calling thread dispatch only about 50
+# nodes ahead of the worker thread that runs the kernels, so a stage's dispatch returns when its
+# work is nearly done, and the worker waits while the next graph is built: about 1 us per node
+# (measured on the bench's micro config: 2 temporal layers, 48 nodes, build in about 0.05 ms; one
+# whole depformer codebook, 140 nodes, took 0.13-0.15 ms, longer than the worker needed for the
+# last nodes of the stage before, and left it idle 0.05 ms per codebook; the two graphs of before,
+# temporal transformer then depformer, took 0.77 and 0.84 ms of an 8.8 ms frame).
 TEMPORAL_STAGE_LAYERS = 2
+DEPTH_STAGE_LAYERS = 2
 
 
 def frame_stages(spec: FrameSpec) -> tuple[list[range], list[range]]:
-    """The frame's stages: ranges of temporal layers (`temporal_stage`), then of depformer codebooks
-    (`depth_stage`). The lean frame has small stages (`TEMPORAL_STAGE_LAYERS`, one codebook each);
-    otherwise the temporal transformer and the depformer are one stage each."""
+    """The frame's stages: ranges of temporal layers (`temporal_stage`), then of depformer layer
+    steps (`depth_stage`: step `k * L + j` is layer j of codebook k). The lean frame has small stages
+    (`TEMPORAL_STAGE_LAYERS`, `DEPTH_STAGE_LAYERS`); otherwise the temporal transformer and the
+    depformer are one stage each."""
     n, dq = len(spec.lm.transformer.layers), spec.lm.cfg.dep_q
+    steps = dq * len(spec.lm.depformer.layers) if dq else 0
     if not is_lean(spec):
-        return [range(n)], [range(dq)]
-    per = TEMPORAL_STAGE_LAYERS
-    return [range(i, min(i + per, n)) for i in range(0, n, per)], [range(k, k + 1) for k in range(dq)] or [range(0)]
+        return [range(n)], [range(steps)]
+    return _chunks(n, TEMPORAL_STAGE_LAYERS), _chunks(steps, DEPTH_STAGE_LAYERS) or [range(0)]
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    """`range(n)` cut into ranges of `size` (the last one shorter)."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def temporal_stage(
@@ -261,43 +268,45 @@ def _text(spec: FrameSpec, carry: dict) -> dict:
             "audio_keys": carry["audio_keys"], "extra": extra}
 
 
-def depth_stage(spec: FrameSpec, codebooks: range, carry: dict, step: mx.array) -> dict:
-    """Depformer codebooks `codebooks` of frame `step`. The stage from codebook 0 starts from the
-    temporal stages' carry {tokens, forced, hidden, text, audio_keys} (without key and extra); the one
-    ending at the last codebook writes this step's tokens into the ring and leaves {tokens, out
-    `[B, 1 + dep_q]`} (see `moshi_frame`)."""
+def depth_stage(spec: FrameSpec, steps: range, carry: dict, step: mx.array) -> dict:
+    """Depformer layer steps `steps` of frame `step`: step `k * L + j` runs layer j (of L) for
+    codebook k, after the codebook's input (j = 0) and before its sampler (j = L - 1). The stage from
+    step 0 starts from the temporal stages' carry {tokens, forced, hidden, text, audio_keys} (without
+    key and extra); the one ending at the last step writes this step's tokens into the ring and
+    leaves {tokens, out `[B, 1 + dep_q]`} (see `moshi_frame`)."""
     lm, cfg = spec.lm, spec.lm.cfg
     dq, B = cfg.dep_q, carry["tokens"].shape[0]
     forced = carry["forced"]
     layers = lm.depformer.layers if dq else []  # STT has no depformer
-    if codebooks.start == 0:
+    if steps.start == 0:
         carry = {"tokens": carry["tokens"], "forced": forced, "hidden": carry["hidden"],
                  "keys": _unstack_keys(carry["audio_keys"]) if dq else [], "out": [carry["text"]],
                  "dkeys": [[] for _ in layers], "dvalues": [[] for _ in layers]}
     ops = _ops(spec)
     ungen = cfg.ungenerated_token_id
-    hidden, out_tokens = carry["hidden"], list(carry["out"])
+    hidden, out_tokens, y = carry["hidden"], list(carry["out"]), carry.get("y")
     # Codebook k attends to codebooks 0..k-1 of this frame only.
     dkeys, dvalues = [list(ks) for ks in carry["dkeys"]], [list(vs) for vs in carry["dvalues"]]
-    for k in codebooks:
-        prev = out_tokens[-1]
-        prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
-        # Without forcing, every token here was sampled (>= 0): no zero-token mask.
-        emb = _embed_one(lm.depformer_table(k), prev_in, sampled=forced is None)
-        y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, emb)
+    for k, j in (divmod(i, len(layers)) for i in steps):
+        if j == 0:
+            prev = out_tokens[-1]
+            prev_in = mx.concatenate([prev, prev]) if spec.cfg_coef != 1.0 else prev
+            # Without forcing, every token here was sampled (>= 0): no zero-token mask.
+            emb = _embed_one(lm.depformer_table(k), prev_in, sampled=forced is None)
+            y = ops.linear(lm.depformer_in[cfg.depformer_in_index(k)], hidden, emb)
         bias = None
-        if layers and ops.lean_attention(layers[0].self_attn):  # zero bias of this codebook's window
-            rows, heads, window = y.shape[0], layers[0].cfg.num_heads, layers[0].frame_window(k)
+        if ops.lean_attention(layers[j].self_attn):  # zero bias of this codebook's window
+            rows, heads, window = y.shape[0], layers[j].cfg.num_heads, layers[j].frame_window(k)
             bias = mx.array([[[[0.0] * window]] * heads] * rows, dtype=y.dtype)  # a constant, not a node
-        for j, layer in enumerate(layers):
-            y = layer.step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
-        logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
-        tok = spec.audio_sampler(logits.astype(mx.float32), carry["keys"][k])
-        if forced is not None:
-            tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
-        out_tokens.append(tok)
-    if codebooks.stop < dq:
-        return {**carry, "out": out_tokens, "dkeys": dkeys, "dvalues": dvalues}
+        y = layers[j].step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
+        if j == len(layers) - 1:
+            logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
+            tok = spec.audio_sampler(logits.astype(mx.float32), carry["keys"][k])
+            if forced is not None:
+                tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
+            out_tokens.append(tok)
+    if steps.stop < dq * len(layers):
+        return {**carry, "out": out_tokens, "dkeys": dkeys, "dvalues": dvalues, "y": y}
     # Generated tokens are fed back at the next step; the output is frame step - max_delay.
     ring = _Ring(spec)
     tokens = ring.write_generated(carry["tokens"], out_tokens, step)
