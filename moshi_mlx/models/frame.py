@@ -281,12 +281,11 @@ def depth_stage(spec: FrameSpec, steps: range, carry: dict, step: mx.array) -> d
     if steps.start == 0:
         carry = {"tokens": carry["tokens"], "forced": forced, "hidden": carry["hidden"],
                  "keys": _unstack_keys(carry["audio_keys"]) if dq else [], "out": [carry["text"]],
-                 "dkeys": [[] for _ in layers], "dvalues": [[] for _ in layers]}
+                 "dkv": [[] for _ in layers]}
     ops = _ops(spec)
     ungen = cfg.ungenerated_token_id
     hidden, out_tokens, y = carry["hidden"], list(carry["out"]), carry.get("y")
-    # Codebook k attends to codebooks 0..k-1 of this frame only.
-    dkeys, dvalues = [list(ks) for ks in carry["dkeys"]], [list(vs) for vs in carry["dvalues"]]
+    dkv = [list(pieces) for pieces in carry["dkv"]]  # per layer, this frame's keys|values so far
     for k, j in (divmod(i, len(layers)) for i in steps):
         if j == 0:
             prev = out_tokens[-1]
@@ -298,7 +297,7 @@ def depth_stage(spec: FrameSpec, steps: range, carry: dict, step: mx.array) -> d
         if ops.lean_attention(layers[j].self_attn):  # zero bias of this codebook's window
             rows, heads, window = y.shape[0], layers[j].cfg.num_heads, layers[j].frame_window(k)
             bias = mx.array([[[[0.0] * window]] * heads] * rows, dtype=y.dtype)  # a constant, not a node
-        y = layers[j].step_in_frame(y, dkeys[j], dvalues[j], k, ops, bias)
+        y = layers[j].step_in_frame(y, dkv[j], k, ops, bias)
         if j == len(layers) - 1:
             logits = _guided(ops.linear(lm.linears[k], y), spec.cfg_coef, B)
             tok = spec.audio_sampler(logits.astype(mx.float32), carry["keys"][k])
@@ -306,7 +305,7 @@ def depth_stage(spec: FrameSpec, steps: range, carry: dict, step: mx.array) -> d
                 tok = mx.where(forced[:, 1 + k] != ungen, forced[:, 1 + k], tok)
             out_tokens.append(tok)
     if steps.stop < dq * len(layers):
-        return {**carry, "out": out_tokens, "dkeys": dkeys, "dvalues": dvalues, "y": y}
+        return {**carry, "out": out_tokens, "dkv": dkv, "y": y}
     # Generated tokens are fed back at the next step; the output is frame step - max_delay.
     ring = _Ring(spec)
     tokens = ring.write_generated(carry["tokens"], out_tokens, step)

@@ -245,8 +245,8 @@ class TransformerLayer(nn.Module):
         """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE by `rotations`
         (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`."""
         attn = self.self_attn
-        B, H, Hk, Dh = x.shape[0], attn._heads, attn._kv_heads, attn._head_dim
-        qkv = ops.linear(attn.in_projs[w], ops.norm(self.norm1, x)).reshape(B, H + 2 * Hk, 1, Dh)
+        H, Hk = attn._heads, attn._kv_heads
+        qkv = self._qkv_one(x, w, ops)
         if attn._rope and rotations is not None:
             qkv = rotate(qkv, rotations)
         q, k, v = mx.split(qkv, [H, H + Hk], axis=1)
@@ -254,6 +254,12 @@ class TransformerLayer(nn.Module):
             q = apply_rope(q, pos, self.cfg.max_period)
             k = apply_rope(k, pos, self.cfg.max_period)
         return q, k, v
+
+    def _qkv_one(self, x: mx.array, w: int, ops: StepOps) -> mx.array:
+        """q|k|v `[B, H + 2 Hkv, 1, Dh]` of `x` `[B, D]` with weight set `w`, before RoPE."""
+        attn = self.self_attn
+        shape = (x.shape[0], attn._heads + 2 * attn._kv_heads, 1, attn._head_dim)
+        return ops.linear(attn.in_projs[w], ops.norm(self.norm1, x)).reshape(shape)
 
     def _finish_one(self, x: mx.array, y: mx.array, w: int, ops: StepOps, cross: CrossSource | None = None) -> mx.array:
         """`x` `[B, D]` plus the attention output `y` `[B, H, 1, Dh]`, then the feed-forward block."""
@@ -295,25 +301,29 @@ class TransformerLayer(nn.Module):
         return self._finish_one(x, y, 0, ops, cross), keys, values
 
     def step_in_frame(
-        self, x: mx.array, keys: list[mx.array], values: list[mx.array], index: int, ops: StepOps,
-        bias: mx.array | None = None,
+        self, x: mx.array, kv: list[mx.array], index: int, ops: StepOps, bias: mx.array | None = None
     ) -> mx.array:
         """Position `index` (`x` `[B, D]`) of a short stream that lives within one frame (the
-        depformer's codebooks), with the weight set of `index`: appends its key/value to
-        `keys`/`values` (the earlier positions' `[B, H, n, Dh]`, in pieces along n) and attends to
-        the last `context` of them (`frame_window`); `bias`: the zero attention bias of that window
-        when `ops.lean_attention`. Keys and values it concatenates are left as one piece."""
-        w = self.cfg.step_weight_index(index)
-        q, k, v = self._project_one(x, index, w, ops)
-        keys.append(k)
-        values.append(v)
+        depformer's codebooks), with the weight set of `index`: appends its keys|values
+        `[B, 2 Hkv, 1, Dh]` to `kv` (the earlier positions' `[B, 2 Hkv, n, Dh]`, in pieces along n)
+        and attends to the last `context` of them (`frame_window`); `bias`: the zero attention bias
+        of that window when `ops.lean_attention`. The pieces it concatenates are left as one.
+        Keys and values travel together: one concatenation a position instead of two."""
+        attn, w = self.self_attn, self.cfg.step_weight_index(index)
+        H, Hk = attn._heads, attn._kv_heads
+        if attn._rope:
+            q, k, v = self._project_one(x, index, w, ops)
+            new = mx.concatenate([k, v], axis=1)
+        else:
+            q, new = mx.split(self._qkv_one(x, w, ops), [H], axis=1)
+        kv.append(new)
         window = self.frame_window(index)
-        if window == 1 and q.shape[1] == v.shape[1]:  # softmax over one key is exactly 1: the output is v
-            return self._finish_one(x, v, w, ops)
-        for pieces in (keys, values):
-            joined = pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=2)
-            pieces[:] = [joined if joined.shape[2] <= window else joined[:, :, -window:]]
-        return self._finish_one(x, ops.attend(self.self_attn, q, keys[0], values[0], bias), w, ops)
+        if window == 1 and H == Hk:  # softmax over one key is exactly 1: the output is v
+            return self._finish_one(x, new[:, Hk:], w, ops)
+        joined = kv[0] if len(kv) == 1 else mx.concatenate(kv, axis=2)
+        kv[:] = [joined if joined.shape[2] <= window else joined[:, :, -window:]]
+        y = ops.attend(attn, q, kv[0][:, :Hk], kv[0][:, Hk:], bias)
+        return self._finish_one(x, y, w, ops)
 
     def frame_window(self, index: int) -> int:
         """Keys position `index` of an in-frame stream attends to (itself and up to `context - 1` before)."""
