@@ -21,7 +21,8 @@ import mlx.core as mx
 from .errors import InvalidArgument
 from .models.conditioners import Condition
 from .models.frame import (
-    FrameSpec, depth_stage, frame_stages, is_lean, kv_dtype, supports_compiled_frame, temporal_stage,
+    FrameSpec, depth_stage, frame_stages, is_lean, kv_buffers_per_layer, kv_dtype, supports_compiled_frame,
+    temporal_stage,
 )
 from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
@@ -109,7 +110,10 @@ class LmGen:
             (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
         )
         dtype = kv_dtype(self.lm)
-        self.kv = [mx.zeros(self._kv_shape, dtype=dtype) for _ in range(2 * len(self.lm.transformer.layers))]
+        per = kv_buffers_per_layer(self._spec)  # one keys|values buffer per layer on the CPU
+        B, Hk, S, Dh = self._kv_shape
+        shape = (B, 2 * Hk if per == 1 else Hk, S, Dh)
+        self.kv = [mx.zeros(shape, dtype=dtype) for _ in range(per * len(self.lm.transformer.layers))]
         self.offset = 0
         if self._seed_key is not None:
             self.key = self._seed_key
@@ -213,9 +217,9 @@ class LmGen:
         # Each stage's graph holds the only references to its old KV buffers, so that their slice
         # updates write in place (a buffer referenced elsewhere is copied whole, every step): the
         # list `self.kv` lets go of a stage's buffers while the stage is built, then takes its new ones.
-        kv = self.kv
+        kv, per = self.kv, len(self.kv) // len(self.lm.transformer.layers)
         for i, (layers, stage) in enumerate(temporal):
-            span = slice(2 * layers.start, 2 * layers.stop)
+            span = slice(per * layers.start, per * layers.stop)
             chunk, kv[span] = kv[span], [None] * (span.stop - span.start)
             try:
                 carry, new = stage(carry, chunk, step, at)

@@ -125,7 +125,8 @@ def moshi_frame(
     Args:
         spec: Model, samplers and ring size.
         tokens: Token ring `[B, K, CT]`; column `p % CT` of stream k holds its token for step p.
-        kv: Temporal keys and values, `[keys_0, values_0, keys_1, ...]`, each `[B, Hkv, S, Dh]`.
+        kv: Temporal keys and values, `kv_buffers_per_layer` buffers per layer: `[keys_0, values_0,
+            keys_1, ...]`, each `[B, Hkv, S, Dh]`, or `[kv_0, kv_1, ...]`, keys|values `[B, 2 Hkv, S, Dh]`.
         key: Random key; split into one key per sampler call, the first part is carried on.
         step: Index of this frame (drives the ring, the initial tokens and RoPE).
         slot: Buffer slot the keys/values of this step are written to.
@@ -145,8 +146,9 @@ def moshi_frame(
     temporal, depth = frame_stages(spec)
     carry: dict = {"tokens": tokens, "key": key, "user": user, "forced": forced, "filled": filled}
     new_kv: list[mx.array] = []
+    per = kv_buffers_per_layer(spec)
     for layers in temporal:
-        carry, chunk = temporal_stage(spec, layers, carry, kv[2 * layers.start : 2 * layers.stop], step, slot)
+        carry, chunk = temporal_stage(spec, layers, carry, kv[per * layers.start : per * layers.stop], step, slot)
         new_kv += chunk
     key, extra = carry.pop("key"), carry.pop("extra")
     for steps in depth:
@@ -196,13 +198,13 @@ def temporal_stage(
         carry = _start(spec, carry, step, kv[0])
     ops = _ops(spec)
     x, mask, rotations = carry["x"], carry["mask"], carry["rotations"]
-    new_kv = []
+    new_kv, per = [], kv_buffers_per_layer(spec)
     for n, i in enumerate(layers):
         cross = None if spec.cross_kv is None else spec.cross_kv[i]
-        x, k_buf, v_buf = lm.transformer.layers[i].step_into(
-            x, kv[2 * n], kv[2 * n + 1], step, slot, mask, ops, cross, rotations
+        x, buffers = lm.transformer.layers[i].step_into(
+            x, kv[per * n : per * (n + 1)], step, slot, mask, ops, cross, rotations
         )
-        new_kv += [k_buf, v_buf]
+        new_kv += buffers
     carry = {**carry, "x": x}
     return (_text(spec, carry) if layers.stop == len(lm.transformer.layers) else carry), new_kv
 
@@ -333,6 +335,13 @@ def split_ones(a: mx.array, n: int, axis: int = 0) -> list[mx.array]:
     for group, start in zip(mx.split(a, [b * size for b in bounds], axis=axis), [0] + bounds):
         pieces += split_ones(group, min(per, n - start), axis)
     return pieces
+
+
+def kv_buffers_per_layer(spec: FrameSpec) -> int:
+    """Temporal KV buffers per layer: one keys|values buffer `[B, 2 Hkv, S, Dh]` in the lean (CPU)
+    frame, whose slice update then writes both at once (one kernel fewer per layer; the attention
+    reads views of it), else keys and values apart, as the fused attention kernels of GPUs take them."""
+    return 1 if is_lean(spec) else 2
 
 
 def _ops(spec: FrameSpec) -> StepOps:

@@ -241,19 +241,20 @@ class TransformerLayer(nn.Module):
 
     def _project_one(
         self, x: mx.array, pos: int | mx.array, w: int, ops: StepOps, rotations: mx.array | None = None
-    ) -> tuple[mx.array, ...]:
-        """q, k, v `[B, H, 1, Dh]` of `x` `[B, D]` at position `pos`; RoPE by `rotations`
-        (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`."""
+    ) -> tuple[mx.array, mx.array]:
+        """q `[B, H, 1, Dh]` and keys|values `[B, 2 Hkv, 1, Dh]` of `x` `[B, D]` at position `pos`;
+        RoPE by `rotations` (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`.
+        Keys and values come as one piece (a view of the projection but with `mx.fast.rope`)."""
         attn = self.self_attn
         H, Hk = attn._heads, attn._kv_heads
         qkv = self._qkv_one(x, w, ops)
-        if attn._rope and rotations is not None:
-            qkv = rotate(qkv, rotations)
+        if not attn._rope:
+            return tuple(mx.split(qkv, [H], axis=1))
+        if rotations is not None:
+            return tuple(mx.split(rotate(qkv, rotations), [H], axis=1))
         q, k, v = mx.split(qkv, [H, H + Hk], axis=1)
-        if attn._rope and rotations is None:
-            q = apply_rope(q, pos, self.cfg.max_period)
-            k = apply_rope(k, pos, self.cfg.max_period)
-        return q, k, v
+        q = apply_rope(q, pos, self.cfg.max_period)
+        return q, mx.concatenate([apply_rope(k, pos, self.cfg.max_period), v], axis=1)
 
     def _qkv_one(self, x: mx.array, w: int, ops: StepOps) -> mx.array:
         """q|k|v `[B, H + 2 Hkv, 1, Dh]` of `x` `[B, D]` with weight set `w`, before RoPE."""
@@ -286,19 +287,26 @@ class TransformerLayer(nn.Module):
         return linear(out, h, x)
 
     def step_into(
-        self, x: mx.array, keys: mx.array, values: mx.array, pos: mx.array, slot: mx.array,
+        self, x: mx.array, buffers: list[mx.array], pos: mx.array, slot: mx.array,
         mask: mx.array | None, ops: StepOps, cross: CrossSource | None = None,
         rotations: mx.array | None = None,
-    ) -> tuple[mx.array, mx.array, mx.array]:
+    ) -> tuple[mx.array, list[mx.array]]:
         """One position `pos` (array) of `x` `[B, D]` whose key/value go to slot `slot` (array) of the
-        fixed-shape buffers `keys`/`values` `[B, Hkv, S, Dh]`; attends to the slots `mask` allows
-        (see `StepOps.attend`); `rotations`: RoPE of `pos` as matrices (see `_project_one`).
-        Returns (output, keys, values); a pure function of its inputs."""
-        q, k, v = self._project_one(x, pos, 0, ops, rotations)
-        keys = mx.slice_update(keys, k.astype(keys.dtype), slot, axes=(2,))
-        values = mx.slice_update(values, v.astype(values.dtype), slot, axes=(2,))
+        fixed-shape `buffers`: keys and values `[B, Hkv, S, Dh]`, or one keys|values buffer
+        `[B, 2 Hkv, S, Dh]` (one slice update instead of two; the CPU frame); attends to the slots
+        `mask` allows (see `StepOps.attend`); `rotations`: RoPE of `pos` as matrices (see
+        `_project_one`). Returns (output, updated buffers); a pure function of its inputs."""
+        q, kv = self._project_one(x, pos, 0, ops, rotations)
+        Hk = self.self_attn._kv_heads
+        if len(buffers) == 1:
+            buffers = [mx.slice_update(buffers[0], kv.astype(buffers[0].dtype), slot, axes=(2,))]
+            keys, values = buffers[0][:, :Hk], buffers[0][:, Hk:]
+        else:
+            keys, values = (mx.slice_update(b, p.astype(b.dtype), slot, axes=(2,))
+                            for b, p in zip(buffers, (kv[:, :Hk], kv[:, Hk:]), strict=True))
+            buffers = [keys, values]
         y = ops.attend(self.self_attn, q, keys, values, mask)
-        return self._finish_one(x, y, 0, ops, cross), keys, values
+        return self._finish_one(x, y, 0, ops, cross), buffers
 
     def step_in_frame(
         self, x: mx.array, kv: list[mx.array], index: int, ops: StepOps, bias: mx.array | None = None
@@ -308,14 +316,10 @@ class TransformerLayer(nn.Module):
         `[B, 2 Hkv, 1, Dh]` to `kv` (the earlier positions' `[B, 2 Hkv, n, Dh]`, in pieces along n)
         and attends to the last `context` of them (`frame_window`); `bias`: the zero attention bias
         of that window when `ops.lean_attention`. The pieces it concatenates are left as one.
-        Keys and values travel together: one concatenation a position instead of two."""
+        Keys and values travel together: one concatenation a position, not two."""
         attn, w = self.self_attn, self.cfg.step_weight_index(index)
         H, Hk = attn._heads, attn._kv_heads
-        if attn._rope:
-            q, k, v = self._project_one(x, index, w, ops)
-            new = mx.concatenate([k, v], axis=1)
-        else:
-            q, new = mx.split(self._qkv_one(x, w, ops), [H], axis=1)
+        q, new = self._project_one(x, index, w, ops)
         kv.append(new)
         window = self.frame_window(index)
         if window == 1 and H == Hk:  # softmax over one key is exactly 1: the output is v
