@@ -21,8 +21,8 @@ import mlx.core as mx
 from .errors import InvalidArgument
 from .models.conditioners import Condition
 from .models.frame import (
-    FrameSpec, depth_stage, frame_stages, is_lean, kv_buffers_per_layer, kv_dtype, supports_compiled_frame,
-    temporal_stage,
+    FrameSpec, depth_stage, empty_kv, frame_stages, is_lean, kv_buffers_per_layer, kv_dtype,
+    supports_compiled_frame, temporal_stage,
 )
 from .models.products import cpu_cores, lay_out_for_cpu_blas, transposed_linear
 from .models.lm import Lm
@@ -95,7 +95,7 @@ class LmGen:
         tcfg = cfg.transformer
         self._capacity = tcfg.context  # a ring of `context` positions; None: grows with the stream
         rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)  # CFG runs the model on 2B rows
-        self._kv_shape = (rows, tcfg.num_kv_heads, 0, tcfg.head_dim)
+        self._kv_rows = rows
         self.extra_heads: list[mx.array] = []  # the last step's extra-head probabilities
         self._no_force = mx.full((batch_size, 1 + cfg.dep_q), cfg.ungenerated_token_id, dtype=mx.int32)
         self.reset()
@@ -109,11 +109,7 @@ class LmGen:
         self.tokens = mx.full(
             (self.batch_size, cfg.num_codebooks, self._spec.ring), cfg.ungenerated_token_id, mx.int32
         )
-        dtype = kv_dtype(self.lm)
-        per = kv_buffers_per_layer(self._spec)  # one keys|values buffer per layer on the CPU
-        B, Hk, S, Dh = self._kv_shape
-        shape = (B, 2 * Hk if per == 1 else Hk, S, Dh)
-        self.kv = [mx.zeros(shape, dtype=dtype) for _ in range(per * len(self.lm.transformer.layers))]
+        self.kv = empty_kv(self._spec, self._kv_rows, kv_dtype(self.lm))
         self.offset = 0
         if self._seed_key is not None:
             self.key = self._seed_key
@@ -217,7 +213,7 @@ class LmGen:
         # Each stage's graph holds the only references to its old KV buffers, so that their slice
         # updates write in place (a buffer referenced elsewhere is copied whole, every step): the
         # list `self.kv` lets go of a stage's buffers while the stage is built, then takes its new ones.
-        kv, per = self.kv, len(self.kv) // len(self.lm.transformer.layers)
+        kv, per = self.kv, kv_buffers_per_layer(self._spec, self.kv)
         for i, (layers, stage) in enumerate(temporal):
             span = slice(per * layers.start, per * layers.stop)
             chunk, kv[span] = kv[span], [None] * (span.stop - span.start)

@@ -125,8 +125,8 @@ def moshi_frame(
     Args:
         spec: Model, samplers and ring size.
         tokens: Token ring `[B, K, CT]`; column `p % CT` of stream k holds its token for step p.
-        kv: Temporal keys and values, `kv_buffers_per_layer` buffers per layer: `[keys_0, values_0,
-            keys_1, ...]`, each `[B, Hkv, S, Dh]`, or `[kv_0, kv_1, ...]`, keys|values `[B, 2 Hkv, S, Dh]`.
+        kv: Temporal keys and values as `empty_kv` lays them out: `[keys_0, values_0, keys_1, ...]`,
+            each `[B, Hkv, S, Dh]`, or `[kv_0, kv_1, ...]`, keys|values `[B, 2 Hkv, S, Dh]`.
         key: Random key; split into one key per sampler call, the first part is carried on.
         step: Index of this frame (drives the ring, the initial tokens and RoPE).
         slot: Buffer slot the keys/values of this step are written to.
@@ -146,7 +146,7 @@ def moshi_frame(
     temporal, depth = frame_stages(spec)
     carry: dict = {"tokens": tokens, "key": key, "user": user, "forced": forced, "filled": filled}
     new_kv: list[mx.array] = []
-    per = kv_buffers_per_layer(spec)
+    per = kv_buffers_per_layer(spec, kv)
     for layers in temporal:
         carry, chunk = temporal_stage(spec, layers, carry, kv[per * layers.start : per * layers.stop], step, slot)
         new_kv += chunk
@@ -198,7 +198,7 @@ def temporal_stage(
         carry = _start(spec, carry, step, kv[0])
     ops = _ops(spec)
     x, mask, rotations = carry["x"], carry["mask"], carry["rotations"]
-    new_kv, per = [], kv_buffers_per_layer(spec)
+    new_kv, per = [], len(kv) // len(layers)  # this stage's layers' buffers, 1 or 2 each
     for n, i in enumerate(layers):
         cross = None if spec.cross_kv is None else spec.cross_kv[i]
         x, buffers = lm.transformer.layers[i].step_into(
@@ -337,11 +337,20 @@ def split_ones(a: mx.array, n: int, axis: int = 0) -> list[mx.array]:
     return pieces
 
 
-def kv_buffers_per_layer(spec: FrameSpec) -> int:
-    """Temporal KV buffers per layer: one keys|values buffer `[B, 2 Hkv, S, Dh]` in the lean (CPU)
-    frame, whose slice update then writes both at once (one kernel fewer per layer; the attention
-    reads views of it), else keys and values apart, as the fused attention kernels of GPUs take them."""
-    return 1 if is_lean(spec) else 2
+def empty_kv(spec: FrameSpec, rows: int, dtype: mx.Dtype) -> list[mx.array]:
+    """The temporal KV buffers of a new stream, with no slots yet: in the lean (CPU) frame one
+    keys|values buffer `[rows, 2 Hkv, 0, Dh]` per layer, whose slice update writes both at once (one
+    kernel fewer per layer; the attention reads views of it), else keys and values apart,
+    `[rows, Hkv, 0, Dh]` each, as the fused attention kernels of GPUs take them."""
+    tcfg, n = spec.lm.cfg.transformer, len(spec.lm.transformer.layers)
+    if is_lean(spec):
+        return [mx.zeros((rows, 2 * tcfg.num_kv_heads, 0, tcfg.head_dim), dtype=dtype) for _ in range(n)]
+    return [mx.zeros((rows, tcfg.num_kv_heads, 0, tcfg.head_dim), dtype=dtype) for _ in range(2 * n)]
+
+
+def kv_buffers_per_layer(spec: FrameSpec, kv: list[mx.array]) -> int:
+    """How many of the buffers `kv` (see `empty_kv`) each temporal layer has: 1 or 2."""
+    return len(kv) // len(spec.lm.transformer.layers)
 
 
 def _ops(spec: FrameSpec) -> StepOps:

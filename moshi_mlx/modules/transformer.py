@@ -302,8 +302,8 @@ class TransformerLayer(nn.Module):
             buffers = [mx.slice_update(buffers[0], kv.astype(buffers[0].dtype), slot, axes=(2,))]
             keys, values = buffers[0][:, :Hk], buffers[0][:, Hk:]
         else:
-            keys, values = (mx.slice_update(b, p.astype(b.dtype), slot, axes=(2,))
-                            for b, p in zip(buffers, (kv[:, :Hk], kv[:, Hk:]), strict=True))
+            keys = mx.slice_update(buffers[0], kv[:, :Hk].astype(buffers[0].dtype), slot, axes=(2,))
+            values = mx.slice_update(buffers[1], kv[:, Hk:].astype(buffers[1].dtype), slot, axes=(2,))
             buffers = [keys, values]
         y = ops.attend(self.self_attn, q, keys, values, mask)
         return self._finish_one(x, y, 0, ops, cross), buffers
