@@ -14,6 +14,7 @@ from moshi_mlx.config import LmConfig
 from moshi_mlx.models import products
 from moshi_mlx.models.lm import Lm
 from moshi_mlx.models.products import _column_blocks, cpu_streams, transposed_linear
+from moshi_mlx.modules.quantized import QuantizedLinear
 from moshi_mlx.modules.transformer import call
 from moshi_mlx.weights.quantize import quantize_lm
 
@@ -39,11 +40,10 @@ def model(precision: str) -> Lm:
 def split_everything(monkeypatch) -> None:
     """Every product that has 2+ column blocks is split, whatever its size."""
     monkeypatch.setattr(products, "SPLIT_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(products, "SPLIT_MIN_QUANTIZED_WEIGHTS", 0)
 
 
 def linears(lm: Lm) -> list[nn.Module]:
-    return [m for _, m in lm.named_modules() if type(m) in (nn.Linear, nn.QuantizedLinear)]
+    return [m for _, m in lm.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "q8", "q4"])
@@ -52,13 +52,13 @@ def test_split_products_equal_the_module_calls(precision, rows, monkeypatch):
     split_everything(monkeypatch)
     lm = model(precision)
     modules = linears(lm)
-    assert (precision[0] == "q") == any(type(m) is nn.QuantizedLinear for m in modules)
+    assert (precision[0] == "q") == any(isinstance(m, nn.QuantizedLinear) for m in modules)
     split = [m for m in modules if _column_blocks(m, 3) is not None]
     assert len(split) >= len(modules) - 2  # all but the narrowest (16-column blocks)
     whole, apply = transposed_linear(lm), transposed_linear(lm, parts=3)
     rng = np.random.default_rng(1)
     for m in modules:
-        quantized = type(m) is nn.QuantizedLinear
+        quantized = isinstance(m, nn.QuantizedLinear)
         n_out, n_in = m.weight.shape[0], m.scales.shape[-1] * m.group_size if quantized else m.weight.shape[-1]
         dtype = m.scales.dtype if quantized else m.weight.dtype
         x = mx.array(rng.standard_normal((rows, n_in)).astype(np.float32)).astype(dtype)
@@ -88,17 +88,16 @@ def test_split_products_hold_views_not_copies(monkeypatch):
     assert len(cpu_streams(3)) == 3 and cpu_streams(3)[0] == mx.default_stream(mx.cpu)
 
 
-def test_quantized_products_split_from_a_smaller_size():
-    """A quantized product of `SPLIT_MIN_QUANTIZED_WEIGHTS` weights is split, a plain one of that size
-    is not (MLX's CPU quantized product costs several times more per weight)."""
-    n_in, n_out = 256, products.SPLIT_MIN_QUANTIZED_WEIGHTS // 256
-    assert n_in * n_out < products.SPLIT_MIN_WEIGHTS
+def test_products_split_from_the_same_size_plain_or_quantized():
+    """A product of `SPLIT_MIN_WEIGHTS` weights is split, plain or quantized (ours or MLX's own
+    layer); one of fewer weights is not."""
+    n_in, n_out = 256, products.SPLIT_MIN_WEIGHTS // 256
     plain = nn.Linear(n_in, n_out, bias=False)
-    quantized = nn.QuantizedLinear.from_linear(plain, group_size=32, bits=4)
-    narrower = nn.QuantizedLinear.from_linear(nn.Linear(n_in, n_out - 16, bias=False), group_size=32, bits=4)
-    assert _column_blocks(plain, 2) is None
-    assert _column_blocks(quantized, 2) is not None
-    assert _column_blocks(narrower, 2) is None
+    narrower = nn.Linear(n_in, n_out - 16, bias=False)
+    for m in (plain, QuantizedLinear.from_linear(plain, 32, 4), nn.QuantizedLinear.from_linear(plain, 32, 4)):
+        assert _column_blocks(m, 2) is not None
+    for m in (narrower, QuantizedLinear.from_linear(narrower, 32, 4)):
+        assert _column_blocks(m, 2) is None
 
 
 def test_same_products_compares_bit_for_bit():

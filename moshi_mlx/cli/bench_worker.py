@@ -167,8 +167,14 @@ def memory() -> dict:
     return {"rss_mb": rss_mb, "mlx_peak_mb": peak() / 2**20 if peak else None}
 
 
-def prepare(model, args: dict) -> dict:
-    """Casts and quantizes `model` as asked, evaluates its weights; returns what it did. Layers
+def mlx_quantize(model, group_size: int, bits: int, predicate) -> None:
+    """MLX's own quantization (`nn.quantize`), as Kyutai's package uses it."""
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+
+
+def prepare(model, args: dict, quantize=mlx_quantize) -> dict:
+    """Casts and quantizes `model` as asked (`quantize(model, group_size, bits, predicate)`: each
+    side's own quantization), evaluates its weights; returns what it did. Layers
     whose input width the group size does not divide (micro's 176-wide feed-forward output) stay
     unquantized, on both sides alike. Each weight is evaluated alone, so that neither side's peak
     memory holds several fp32 random initialisations at once (an artefact of random weights: a
@@ -188,7 +194,7 @@ def prepare(model, args: dict) -> dict:
                 return False
             return True
 
-        nn.quantize(model, group_size=group, bits=args["bits"], class_predicate=quantizable)
+        quantize(model, group, args["bits"], quantizable)
         _eval_each(model)
     mx.set_cache_limit(limit)
     return {"param_bytes": sum(v.nbytes for _, v in tree_flatten(model.parameters())), "unquantized_layers": len(kept)}
@@ -248,10 +254,11 @@ def ours(args: dict) -> dict:
     from moshi_mlx.config import LmConfig, MimiConfig
     from moshi_mlx.generate import LmGen
     from moshi_mlx.models.lm import Lm
+    from moshi_mlx.modules.quantized import quantize_modules
 
     after_imports = memory()["rss_mb"]
     model = Lm(LmConfig.from_kyutai_json(args["config"]))
-    prepared = prepare(model, args)
+    prepared = prepare(model, args, quantize_modules)
     mx.random.seed(0)
     kwargs = {}
     if args.get("compiled") is not None:
@@ -405,11 +412,13 @@ def kyutai(args: dict) -> dict:
 def bandwidth(args: dict) -> dict:
     """GB/s of a plain matrix-vector product over `bytes` of weights (at most 1 GiB: far past any
     cache, and one kernel launch of a 7B's whole weights is too large for CUDA) in the same
-    dtype/quantization; unquantized, the faster of the two weight layouts (`[out, in]`, as
+    dtype/quantization; quantized, as `quantized_product` computes it (on the CPU, MLX's product
+    of bf16 rows accumulated in fp32, several times faster than in bf16); unquantized, the faster of the two weight layouts (`[out, in]`, as
     `nn.Linear` stores it, and row-major `[in, out]`, which the CPU's fp32 BLAS reads faster). On
     the CPU, also the product split by output rows across its cores (one stream each, as ours
     splits large products) when that is faster."""
     from moshi_mlx.models.products import cpu_cores, cpu_streams  # runs in our side's environment
+    from moshi_mlx.modules.quantized import quantized_product
 
     dtype = getattr(mx, args["dtype"])
     bits, group = args["bits"], args["group_size"]
@@ -429,7 +438,7 @@ def bandwidth(args: dict) -> dict:
         nbytes = wq.nbytes + scales.nbytes + biases.nbytes
 
         def qmm(a: int, b: int, s=None) -> mx.array:
-            return mx.quantized_matmul(x, wq[a:b], scales[a:b], biases[a:b], group_size=group, bits=bits, stream=s)
+            return quantized_product(x, wq[a:b], scales[a:b], biases[a:b], group, bits, stream=s)
 
         products = [lambda: mx.eval(qmm(0, rows))]
         if on_cpu:

@@ -12,6 +12,7 @@ from typing import Callable, Collection
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..modules.quantized import QuantizedLinear, quantized_product
 from ..modules.transformer import Linear, call
 from .lm import Lm
 
@@ -22,11 +23,10 @@ _PRODUCT_ONLY = ("in_projs", "linear_in", "linear1", "linears")
 # Products with at least this many weights are split across the CPU's cores (`transposed_linear`).
 # On 2 cores a split product waits on a second worker thread (about 70 µs measured, twice), which
 # products of 2^18 weights or more repay (measured on `bench`'s tiny config: fp32, bf16 and q8).
-# MLX's CPU quantized product costs several times more per weight than the bf16 one (tiny: about
-# 165 ms a step in q8 or q4 against 27 ms in bf16), so quantized products repay it from 2^16
-# (tiny, same run, paired rounds: 16 % faster per step in q8 and 12 % in q4 than at 2^18).
+# Quantized products, computed in fp32 (`modules.quantized`), cost about what bf16 ones do per
+# weight and split best from the same size (tiny, paired rounds: 2^18 faster than 2^16, 2^17 and
+# 2^19 in q8 and than 2^16 and 2^20 in q4).
 SPLIT_MIN_WEIGHTS = 1 << 18
-SPLIT_MIN_QUANTIZED_WEIGHTS = 1 << 16
 _SPLIT_COLUMNS = 16  # a column block's width is a multiple of this
 
 
@@ -90,8 +90,8 @@ def transposed_linear(lm: Lm, parts: int = 1, whole: Collection[int] = ()) -> Li
     other module (quantized, LoRA, with bias) is called. The views share the weights' memory and see
     the weights as they are now.
 
-    With `parts > 1` (CPU cores), a plain bias-free product of at least `SPLIT_MIN_WEIGHTS` weights
-    or a quantized one of at least `SPLIT_MIN_QUANTIZED_WEIGHTS`, unless its module's `id` is in
+    With `parts > 1` (CPU cores), a plain bias-free or quantized product of at least
+    `SPLIT_MIN_WEIGHTS` weights, unless its module's `id` is in
     `whole`, is computed as up to `parts` blocks of output columns, each on its own CPU stream
     (worker thread), then concatenated: each output is the same dot product as in the whole
     product. (Column blocks of a weight laid out `[in, out]`, see `lay_out_for_cpu_blas`, would be
@@ -121,17 +121,16 @@ def transposed_linear(lm: Lm, parts: int = 1, whole: Collection[int] = ()) -> Li
 
 
 def _column_blocks(m: nn.Module, parts: int) -> tuple[list[int], list[Product]] | None:
-    """For a plain bias-free Linear of at least `SPLIT_MIN_WEIGHTS` weights or a quantized one of at
-    least `SPLIT_MIN_QUANTIZED_WEIGHTS`: the inner block boundaries of its output columns and one
-    product per block, each on its own CPU stream, with the weight slices (views) as their only
-    state; else None."""
-    quantized = type(m) is nn.QuantizedLinear
+    """For a plain bias-free or quantized Linear of at least `SPLIT_MIN_WEIGHTS` weights: the inner
+    block boundaries of its output columns and one product per block, each on its own CPU stream,
+    with the weight slices (views) as their only state; else None."""
+    quantized = isinstance(m, nn.QuantizedLinear)
     if not (quantized or (type(m) is nn.Linear and "bias" not in m)):
         return None
     n_out = m.weight.shape[0]
     n_in = m.scales.shape[-1] * m.group_size if quantized else m.weight.shape[-1]
     parts = min(parts, n_out // _SPLIT_COLUMNS)
-    if parts < 2 or n_out * n_in < (SPLIT_MIN_QUANTIZED_WEIGHTS if quantized else SPLIT_MIN_WEIGHTS):
+    if parts < 2 or n_out * n_in < SPLIT_MIN_WEIGHTS:
         return None
     width = -(-n_out // parts // _SPLIT_COLUMNS) * _SPLIT_COLUMNS  # ceil to a multiple of _SPLIT_COLUMNS
     starts = list(range(0, n_out, width))
@@ -159,8 +158,13 @@ def _block_product(m: nn.Module, a: int, b: int, stream: mx.Stream) -> Product:
     mode = getattr(m, "mode", "affine")
     mx.eval([a for a in (w, scales, biases, bias) if a is not None])
 
+    ours = isinstance(m, QuantizedLinear)  # else MLX's own product, as a plain `nn.QuantizedLinear` calls it
+
     def quantized(x: mx.array, residual: mx.array | None) -> mx.array:
-        y = mx.quantized_matmul(x, w, scales, biases, True, m.group_size, m.bits, mode=mode, stream=stream)
+        if ours:
+            y = quantized_product(x, w, scales, biases, m.group_size, m.bits, mode, stream)
+        else:
+            y = mx.quantized_matmul(x, w, scales, biases, True, m.group_size, m.bits, mode=mode, stream=stream)
         if bias is not None:
             y = mx.add(y, bias, stream=stream)
         return y if residual is None else mx.add(residual.astype(y.dtype, stream=stream), y, stream=stream)

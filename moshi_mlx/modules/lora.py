@@ -15,6 +15,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from .quantized import QuantizedLinear
+
 Linearish = nn.Linear | nn.QuantizedLinear
 
 
@@ -84,7 +86,7 @@ class LoRALinear(nn.Module):
                 dense.bias = bias
             if quantize is False:
                 return dense
-            return nn.QuantizedLinear.from_linear(dense, base.group_size, base.bits, mode=base.mode)
+            return QuantizedLinear.from_linear(dense, base.group_size, base.bits, mode=base.mode)
         dtype = base.weight.dtype
         out_f, in_f = base.weight.shape
         dense = nn.Linear(in_f, out_f, bias=bias is not None)

@@ -14,6 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import InvalidArgument
+from ..modules.quantized import quantize_modules
 from .common import WeightsError
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
@@ -83,7 +84,7 @@ def infer_quantization(
 
 def quantize_for_weights(model: nn.Module, weights: Mapping[str, mx.array], group_size: int, bits: int) -> None:
     """Quantizes exactly the modules of `model` whose `.scales` are in `weights` (before loading them)."""
-    nn.quantize(model, group_size, bits, class_predicate=lambda path, m: f"{path}.scales" in weights)
+    quantize_modules(model, group_size, bits, lambda path, m: f"{path}.scales" in weights)
 
 
 def quantize_lm(model: nn.Module, bits: int, group_size: int | None = None) -> tuple[int, int]:
@@ -104,7 +105,7 @@ def quantize_lm(model: nn.Module, bits: int, group_size: int | None = None) -> t
     def predicate(path: str, m: nn.Module) -> bool:
         return hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
 
-    nn.quantize(model, group_size, bits, class_predicate=predicate)
+    quantize_modules(model, group_size, bits, predicate)
     return group_size, bits
 
 
