@@ -8,7 +8,8 @@ dtype, quantization and samplers (random weights: timing does not depend on thei
 rounds run the sides in reverse order). The step time reported is the minimum over rounds of
 each round's median. The roofline is the time to read one step's weights (all but the embedding
 tables) at the bandwidth this device reaches on a plain matrix-vector product over as many bytes
-(at most 1 GiB) in the same dtype/quantization (on the CPU, the faster of one core and all of them).
+(at most 1 GiB) in the same dtype/quantization (quantized: as our layers compute it, in fp32 on the
+CPU; there, the faster of one core and all of them).
 """
 
 from __future__ import annotations
