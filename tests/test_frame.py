@@ -131,6 +131,16 @@ def test_compiled_frame_equals_op_by_op_through_growth_and_wrap(batch, lean, spl
     assert_frame_exact(model(), batch, lean)
 
 
+def test_gpu_formulation_in_stages_equals_op_by_op(monkeypatch):
+    """The fused-kernel (GPU) frame cut into stages of one temporal layer and 3 depformer layer
+    steps (ending mid-codebook), as the device benchmark's variants run it, stays exact."""
+    monkeypatch.setattr(frame, "FUSED_TEMPORAL_STAGE_LAYERS", 1)
+    monkeypatch.setattr(frame, "FUSED_DEPTH_STAGE_LAYERS", 3)
+    gen = frame_formulation(LmGen(model()), lean=False)
+    assert [len(s) for s in frame.frame_stages(gen._spec)[0]] == [1] * len(gen.lm.transformer.layers)
+    assert_frame_exact(model(), 1, lean=False)
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["cpu-formulation-split-products", "gpu-formulation"])
 def test_quantized_frame_equals_op_by_op(lean, monkeypatch):
     """4-bit weights and bf16 activations, the products `QuantizedLinear` computes in fp32 on the CPU

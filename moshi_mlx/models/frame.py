@@ -166,18 +166,24 @@ def moshi_frame(
 # temporal transformer then depformer, took 0.77 and 0.84 ms of an 8.8 ms frame).
 TEMPORAL_STAGE_LAYERS = 2
 DEPTH_STAGE_LAYERS = 2
+# The fused-kernel (GPU) frame's stages: None runs the temporal transformer, then the depformer, as
+# one graph each (what the H200 rows of README were measured with); a number cuts them as above.
+FUSED_TEMPORAL_STAGE_LAYERS: int | None = None
+FUSED_DEPTH_STAGE_LAYERS: int | None = None
 
 
 def frame_stages(spec: FrameSpec) -> tuple[list[range], list[range]]:
     """The frame's stages: ranges of temporal layers (`temporal_stage`), then of depformer layer
     steps (`depth_stage`: step `k * L + j` is layer j of codebook k). The lean frame has small stages
-    (`TEMPORAL_STAGE_LAYERS`, `DEPTH_STAGE_LAYERS`); otherwise the temporal transformer and the
-    depformer are one stage each."""
+    (`TEMPORAL_STAGE_LAYERS`, `DEPTH_STAGE_LAYERS`); the fused one `FUSED_TEMPORAL_STAGE_LAYERS` and
+    `FUSED_DEPTH_STAGE_LAYERS`, by default the temporal transformer and the depformer whole."""
     n, dq = len(spec.lm.transformer.layers), spec.lm.cfg.dep_q
     steps = dq * len(spec.lm.depformer.layers) if dq else 0
-    if not is_lean(spec):
-        return [range(n)], [range(steps)]
-    return _chunks(n, TEMPORAL_STAGE_LAYERS), _chunks(steps, DEPTH_STAGE_LAYERS) or [range(0)]
+    if is_lean(spec):
+        layers, depth = TEMPORAL_STAGE_LAYERS, DEPTH_STAGE_LAYERS
+    else:
+        layers, depth = FUSED_TEMPORAL_STAGE_LAYERS or n, FUSED_DEPTH_STAGE_LAYERS or max(steps, 1)
+    return _chunks(n, layers), _chunks(steps, depth) or [range(0)]
 
 
 def _chunks(n: int, size: int) -> list[range]:
