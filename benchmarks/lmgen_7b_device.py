@@ -8,6 +8,14 @@ Kyutai's side), so it also runs on an offline machine where MLX comes from carri
     python -m benchmarks.lmgen_7b_device KYUTAI_DIR '{"precisions": [["bfloat16", null], ["bfloat16", 4],
         ["bfloat16", 8]], "rounds": 3, "steps": 30, "warmup": 5}' > results.jsonl
 
+Optional plan keys: "override" (config values, e.g. a smaller width to try the script), "variants"
+(ours run several ways, each `[name, temporal layers a stage, depformer layer steps a stage]`, None
+for whole: `models.frame.FUSED_TEMPORAL_STAGE_LAYERS` / `FUSED_DEPTH_STAGE_LAYERS`; default
+`[["ours", null, null]]`). Our rows carry `tokens_sha1`, the hash of the tokens the timed steps
+made from seed 0 (weights too), so variants that run the frame otherwise are seen to give the same
+tokens. The variants' stages apply to the fused-kernel (GPU) frame; on a CPU every variant runs the
+CPU frame.
+
 KYUTAI_DIR holds Kyutai's `moshi_mlx` package (`benchmarks/make_kyutai_venv.sh --target DIR`). One
 JSON line per (precision, round, side): median/min/p90 ms per step, the weight bytes read per step,
 MLX's peak memory, the bandwidth of a plain 1 GiB matrix-vector product and the roofline.
@@ -16,6 +24,7 @@ MLX's peak memory, the bandwidth of a plain 1 GiB matrix-vector product and the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -33,15 +42,18 @@ def measure(args: dict) -> dict:
     from mlx.utils import tree_flatten
 
     side, steps, warmup = args["side"], args["steps"], args["warmup"]
+    mx.random.seed(0)  # the same random weights in every process
     if side == "bandwidth":
         dtype, bits = getattr(mx, args["dtype"]), args["bits"]
         w = mx.random.normal((32768, 8192)).astype(dtype)
         x = mx.random.normal((1, 8192)).astype(dtype)
         if bits:
+            from moshi_mlx.modules.quantized import quantized_product  # what our layers compute
+
             wq, s, b = mx.quantize(w, group_size=64, bits=bits)
             mx.eval(wq, s, b)
             nbytes = wq.nbytes + s.nbytes + b.nbytes
-            product = lambda: mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=64, bits=bits)  # noqa: E731
+            product = lambda: quantized_product(x, wq, s, b, group_size=64, bits=bits)  # noqa: E731
         else:
             mx.eval(w)
             nbytes, product = w.nbytes, lambda: x @ w.T  # noqa: E731
@@ -62,8 +74,15 @@ def measure(args: dict) -> dict:
         model = Lm(LmConfig.from_kyutai_json(args["config"]))
     model.set_dtype(getattr(mx, args["dtype"]))
     if args["bits"]:  # as `moshi-mlx bench`: a layer whose input width 64 does not divide stays unquantized
-        nn.quantize(model, group_size=64, bits=args["bits"],
-                    class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0)
+        def quantizable(_, m: nn.Module) -> bool:
+            return hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0
+
+        if side == "kyutai":
+            nn.quantize(model, group_size=64, bits=args["bits"], class_predicate=quantizable)
+        else:
+            from moshi_mlx.modules.quantized import quantize_modules
+
+            quantize_modules(model, 64, args["bits"], quantizable)
     mx.eval(model.parameters())
     weight_bytes = sum(v.nbytes for k, v in tree_flatten(model.parameters()) if "emb" not in k.split(".")[0])
     if side == "kyutai":
@@ -78,13 +97,18 @@ def measure(args: dict) -> dict:
                 mx.eval(audio)
     else:
         from moshi_mlx.generate import LmGen
+        from moshi_mlx.models import frame
 
-        gen = LmGen(model)
+        frame.FUSED_TEMPORAL_STAGE_LAYERS, frame.FUSED_DEPTH_STAGE_LAYERS = args.get("stages", (None, None))
+        gen = LmGen(model, seed=0)
         user = mx.zeros((1, model.cfg.n_q - model.cfg.dep_q), dtype=mx.int32)
+        outs = []
 
         def step() -> None:
             out = gen.step(user)
             mx.eval(gen.tokens if out is None else out)
+            if out is not None:
+                outs.append(out)
 
     times = []
     for i in range(warmup + steps):
@@ -93,8 +117,11 @@ def measure(args: dict) -> dict:
         if i >= warmup:
             times.append(1000 * (time.perf_counter() - t0))
     t = np.array(times)
-    return dict(median=float(np.median(t)), min=float(t.min()), p90=float(np.percentile(t, 90)),
-                weight_bytes=weight_bytes, peak_gb=mx.get_peak_memory() / 1e9)
+    row = dict(median=float(np.median(t)), min=float(t.min()), p90=float(np.percentile(t, 90)),
+               weight_bytes=weight_bytes, peak_gb=mx.get_peak_memory() / 1e9)
+    if side != "kyutai":
+        row["tokens_sha1"] = hashlib.sha1(np.stack([np.array(o) for o in outs]).tobytes()).hexdigest()
+    return row
 
 
 def run_side(args: dict, kyutai_dir: str) -> dict:
@@ -117,12 +144,14 @@ def main() -> None:
     from moshi_mlx.config import LmConfig
 
     config = {**LmConfig.from_preset("moshi_7b").raw, **plan.get("override", {})}  # e.g. a smaller width to try it
+    variants = plan.get("variants", [["ours", None, None]])
     for dtype, bits in plan["precisions"]:
         base = dict(config=config, dtype=dtype, bits=bits, steps=plan["steps"], warmup=plan["warmup"])
         bandwidth = run_side({**base, "side": "bandwidth"}, kyutai_dir)["gb_per_s"]
         for r in range(plan["rounds"]):
-            for side in ("ours", "kyutai"):
-                row = {**run_side({**base, "side": side}, kyutai_dir), "side": side, "round": r, "dtype": dtype,
+            sides = [(name, {"side": "ours", "stages": [t, d]}) for name, t, d in variants] + [("kyutai", {"side": "kyutai"})]
+            for name, side in sides if r % 2 == 0 else sides[::-1]:  # odd rounds in reverse order
+                row = {**run_side({**base, **side}, kyutai_dir), "side": name, "round": r, "dtype": dtype,
                        "bits": bits, "bw_gbs": bandwidth}
                 row["roofline_ms"] = row["weight_bytes"] / (bandwidth * 1e9) * 1000
                 print(json.dumps(row), flush=True)
