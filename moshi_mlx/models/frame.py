@@ -166,8 +166,8 @@ def moshi_frame(
 # temporal transformer then depformer, took 0.77 and 0.84 ms of an 8.8 ms frame).
 TEMPORAL_STAGE_LAYERS = 2
 DEPTH_STAGE_LAYERS = 2
-# The fused-kernel (GPU) frame's stages: None runs the temporal transformer, then the depformer, as
-# one graph each (what the H200 rows of README were measured with); a number cuts them as above.
+# The fused-kernel (GPU) frame's stages: None (the default) runs the temporal transformer, then the
+# depformer, as one graph each; a number cuts them as above (`benchmarks/lmgen_7b_device.py` tries it).
 FUSED_TEMPORAL_STAGE_LAYERS: int | None = None
 FUSED_DEPTH_STAGE_LAYERS: int | None = None
 
