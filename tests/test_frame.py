@@ -136,9 +136,10 @@ def test_gpu_formulation_in_stages_equals_op_by_op(monkeypatch):
     steps (ending mid-codebook), as the device benchmark's variants run it, stays exact."""
     monkeypatch.setattr(frame, "FUSED_TEMPORAL_STAGE_LAYERS", 1)
     monkeypatch.setattr(frame, "FUSED_DEPTH_STAGE_LAYERS", 3)
-    gen = frame_formulation(LmGen(model()), lean=False)
-    assert [len(s) for s in frame.frame_stages(gen._spec)[0]] == [1] * len(gen.lm.transformer.layers)
-    assert_frame_exact(model(), 1, lean=False)
+    lm = model()
+    gen = frame_formulation(LmGen(lm), lean=False)
+    assert [len(s) for s in frame.frame_stages(gen._spec)[0]] == [1] * len(lm.transformer.layers)
+    assert_frame_exact(lm, 1, lean=False)
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["cpu-formulation-split-products", "gpu-formulation"])
