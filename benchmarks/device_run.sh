@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the device machine: joins MLX's CUDA wheel from the pieces `benchmarks/device_prepare.sh` cut
 # (the first one copied to /tmp/w by an earlier call, the rest in PART2), installs MLX into
-# /tmp/site and Kyutai's moshi_mlx 0.3.0 into /tmp/kyutai, then runs `benchmarks/lmgen_7b_device.py`
+# /tmp/site (beside the python's own CUDA 13 packages) and Kyutai's moshi_mlx 0.3.0 into
+# /tmp/kyutai, then runs `benchmarks/lmgen_7b_device.py`
 # with PLAN (its JSON), one row a line to stdout and to $OUT/lmgen.jsonl (what comes back even when
 # the call runs out of time). Default plan: bf16, q8 and q4, 3 rounds of 30 steps, ours whole and
 # in stages of 8 temporal layers and 6 depformer layer steps, and Kyutai's.
@@ -15,7 +16,7 @@ default_plan='{"precisions": [["bfloat16", null], ["bfloat16", 8], ["bfloat16", 
 plan="${2:-$default_plan}"
 out="${OUT:-/tmp/out}"
 mkdir -p /tmp/w "$out"
-cp "$part2"/*.piece* "$part2"/*.whl "$part2/SHA256" /tmp/w/
+cp "$part2"/* /tmp/w/
 cd /tmp/w
 wheel="$(awk '{print $2}' SHA256)"
 cat "$wheel".piece* > "$wheel"
@@ -25,6 +26,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   /tmp/w/mlx-*.whl "/tmp/w/$wheel"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/kyutai \
   /tmp/w/moshi_mlx-*.whl
+# MLX finds CUDA's libraries at `site-packages/nvidia/*/lib` beside itself (its RPATH): in
+# /tmp/site, that is the folder of the image's own nvidia-* packages.
+nvidia="$(python3 -c 'import nvidia, os; print(next(p for p in nvidia.__path__ if os.path.isdir(os.path.join(p, "nccl"))))' 2>/dev/null || true)"
+if [ -z "$nvidia" ]; then
+  echo "device_run.sh: python3 has no nvidia-nccl package, so MLX cannot find CUDA's libraries" >&2
+  exit 2
+fi
+ln -sfn "$nvidia" /tmp/site/nvidia
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 (nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true) | tee "$out/device.txt"
 python3 -c 'import mlx.core as mx; print("mlx", mx.__version__, mx.default_device())' | tee -a "$out/device.txt"
