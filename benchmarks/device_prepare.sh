@@ -11,6 +11,10 @@
 # 56M, `split` sizes) change what is fetched and how it is cut.
 set -euo pipefail
 
+case "${1:-}" in
+  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  -*) echo "device_prepare.sh: unknown option $1 (usage: device_prepare.sh [DIR])" >&2; exit 2 ;;
+esac
 dir="${1:-.device-carry}"
 py="${PY:-3.12}"
 piece="${PIECE:-56M}"
@@ -32,16 +36,19 @@ trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
   --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   -d "$tmp" "mlx==$version" "mlx-cuda-13==$version" "moshi_mlx==0.3.0"
-mkdir -p "$dir/part1" "$dir/part2"
+new="$tmp/carry"  # moved to DIR once whole: an interrupted run leaves no DIR behind
+mkdir -p "$new/part1" "$new/part2"
 cuda_wheel="$(cd "$tmp" && ls mlx_cuda_13-*.whl)"
-(cd "$dir/part1" && split -b "$piece" -d -a 2 "$tmp/$cuda_wheel" "$cuda_wheel.piece")
-mv "$dir/part1/$cuda_wheel.piece01" "$dir/part2/" 2>/dev/null || true
-if ls "$dir/part1/$cuda_wheel.piece0"[2-9] >/dev/null 2>&1; then
+(cd "$new/part1" && split -b "$piece" -d -a 2 "$tmp/$cuda_wheel" "$cuda_wheel.piece")
+mv "$new/part1/$cuda_wheel.piece01" "$new/part2/" 2>/dev/null || true
+if ls "$new/part1/$cuda_wheel.piece0"[2-9] >/dev/null 2>&1; then
   echo "device_prepare.sh: the CUDA wheel needs more than two pieces of $piece; set a larger PIECE" >&2
   exit 2
 fi
-mv "$tmp"/mlx-*.whl "$tmp"/moshi_mlx-*.whl "$dir/part2/"
-(cd "$tmp" && sha256sum "$cuda_wheel") > "$dir/part2/SHA256"
+mv "$tmp"/mlx-*.whl "$tmp"/moshi_mlx-*.whl "$new/part2/"
+(cd "$tmp" && sha256sum "$cuda_wheel") > "$new/part2/SHA256"
+mkdir -p "$(dirname "$dir")"
+mv "$new" "$dir"
 du -sh "$dir/part1" "$dir/part2"
 cat <<EOF
 

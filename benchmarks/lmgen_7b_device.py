@@ -136,10 +136,21 @@ def run_side(args: dict, kyutai_dir: str) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m benchmarks.lmgen_7b_device KYUTAI_DIR PLAN_JSON (--help says more)")
     if sys.argv[1] == "--measure":
         print(json.dumps(measure(json.loads(sys.argv[2]))))
         return
-    kyutai_dir, plan = sys.argv[1], json.loads(sys.argv[2])
+    kyutai_dir = sys.argv[1]
+    if not os.path.isdir(os.path.join(kyutai_dir, "moshi_mlx")):
+        sys.exit(f"lmgen_7b_device: {kyutai_dir} holds no moshi_mlx package (benchmarks/make_kyutai_venv.sh --target DIR)")
+    try:
+        plan = json.loads(sys.argv[2])
+    except json.JSONDecodeError as e:
+        sys.exit(f"lmgen_7b_device: the plan is not JSON ({e})")
     sys.path.insert(0, ROOT)
     from moshi_mlx.config import LmConfig
 
