@@ -5,6 +5,8 @@
 #
 #   benchmarks/device_prepare.sh [DIR]        (default: .device-carry, ignored by git)
 #
+# DIR must lie inside this repository: a device call carries paths relative to its root.
+#
 # Writes DIR/part1 (the first piece of mlx-cuda-13's wheel) and DIR/part2 (the rest of it, mlx's
 # wheel and Kyutai's moshi_mlx 0.3.0 wheel), then prints the two device calls that use them.
 # MLX_VERSION (default: this venv's mlx), PY (default 3.12: the device's python) and PIECE (default
@@ -12,7 +14,7 @@
 set -euo pipefail
 
 case "${1:-}" in
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
   -*) echo "device_prepare.sh: unknown option $1 (usage: device_prepare.sh [DIR])" >&2; exit 2 ;;
 esac
 dir="${1:-.device-carry}"
@@ -27,10 +29,21 @@ if [ -e "$dir" ]; then
   echo "device_prepare.sh: $dir already exists; remove it or choose another folder" >&2
   exit 2
 fi
-case "$dir" in
-  /*|..*) ;;
-  *) grep -qxF "/${dir%/}/" .git/info/exclude 2>/dev/null || echo "/${dir%/}/" >> .git/info/exclude ;;
+root="$(git rev-parse --show-toplevel 2>/dev/null || true)"
+if [ -z "$root" ]; then
+  echo "device_prepare.sh: run it inside the repository (a device call carries paths relative to its root)" >&2
+  exit 2
+fi
+abs="$(realpath -m "$dir")"
+case "$abs" in
+  "$root"/?*) dir="${abs#"$root"/}" ;;
+  *) echo "device_prepare.sh: ${1:-$dir} is not inside the repository $root (a device call carries paths relative to its root)" >&2
+     exit 2 ;;
 esac
+cd "$root"
+exclude="$(git rev-parse --git-path info/exclude)"
+mkdir -p "$(dirname "$exclude")"
+grep -qxF "/$dir/" "$exclude" 2>/dev/null || echo "/$dir/" >> "$exclude"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
@@ -54,5 +67,6 @@ cat <<EOF
 
 Device calls (the second within the machine's 30 s warm window, or part1 is gone):
   1. carry ["$dir/part1"], command: mkdir -p /tmp/w && cp $dir/part1/* /tmp/w/
-  2. carry ["$dir/part2"], command: bash benchmarks/device_run.sh $dir/part2 '<plan of lmgen_7b_device.py>'
+  2. carry ["$dir/part2"], command: bash benchmarks/device_run.sh $dir/part2
+     (a plan of lmgen_7b_device.py's, in JSON, can follow as a second argument; see device_run.sh)
 EOF
