@@ -4,15 +4,18 @@
 # /tmp/site (beside the python's own CUDA 13 packages) and Kyutai's moshi_mlx 0.3.0 into
 # /tmp/kyutai, then runs `benchmarks/lmgen_7b_device.py`
 # with PLAN (its JSON), one row a line to stdout and to $OUT/lmgen.jsonl (what comes back even when
-# the call runs out of time). Default plan: bf16, q8 and q4, 3 rounds of 30 steps, ours whole and
-# in stages of 8 temporal layers and 6 depformer layer steps, and Kyutai's.
+# the call runs out of time). Default plan: bf16, q8 and q4, 3 rounds of 30 steps; ours whole, in
+# stages of 8 temporal layers and 6 depformer layer steps, and whole with MLX's CUDA graphs as large
+# as it allows (250 operations, no size limit: fewer graph launches and completion callbacks per
+# frame; its defaults on an H100/H200 are 100 operations and 1000 MB); and Kyutai's.
 #
 #   bash benchmarks/device_run.sh PART2 [PLAN]
 set -euo pipefail
 
 part2="${1:?usage: device_run.sh PART2 [PLAN]}"
 default_plan='{"precisions": [["bfloat16", null], ["bfloat16", 8], ["bfloat16", 4]], "rounds": 3, "steps": 30, "warmup": 5,
-  "variants": [["ours", null, null], ["ours-stages-8-6", 8, 6]]}'
+  "variants": [["ours", null, null], ["ours-stages-8-6", 8, 6],
+               ["ours-graphs-250", null, null, {"MLX_MAX_OPS_PER_BUFFER": 250, "MLX_MAX_MB_PER_BUFFER": 1000000}]]}'
 plan="${2:-$default_plan}"
 out="${OUT:-/tmp/out}"
 mkdir -p /tmp/w "$out"

@@ -11,7 +11,9 @@ Kyutai's side), so it also runs on an offline machine where MLX comes from carri
 Optional plan keys: "override" (config values, e.g. a smaller width to try the script), "variants"
 (ours run several ways, each `[name, temporal layers a stage, depformer layer steps a stage]`, None
 for whole: `models.frame.FUSED_TEMPORAL_STAGE_LAYERS` / `FUSED_DEPTH_STAGE_LAYERS`; default
-`[["ours", null, null]]`). Our rows carry `tokens_sha1`, the hash of the tokens the timed steps
+`[["ours", null, null]]`; a fourth element, `{"NAME": "value"}`, sets environment variables of that
+variant's process, e.g. MLX's CUDA graph sizes `MLX_MAX_OPS_PER_BUFFER` / `MLX_MAX_MB_PER_BUFFER`,
+and goes into its rows as "env"). Our rows carry `tokens_sha1`, the hash of the tokens the timed steps
 made from seed 0 (weights too), so variants that run the frame otherwise are seen to give the same
 tokens. The variants' stages apply to the fused-kernel (GPU) frame; on a CPU every variant runs the
 CPU frame.
@@ -124,15 +126,24 @@ def measure(args: dict) -> dict:
     return row
 
 
-def run_side(args: dict, kyutai_dir: str) -> dict:
+def run_side(args: dict, kyutai_dir: str, extra_env: dict | None = None) -> dict:
+    """`measure(args)` in a new process, with `extra_env` added to its environment."""
     path = kyutai_dir if args["side"] == "kyutai" else ROOT
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                                             if p and os.path.abspath(p) != ROOT]))
+    env = dict(os.environ, **(extra_env or {}),
+               PYTHONPATH=os.pathsep.join([path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                    if p and os.path.abspath(p) != ROOT]))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", json.dumps(args)],
                           capture_output=True, text=True, env=env, cwd="/")
     if proc.returncode:
         raise RuntimeError(f"{args['side']} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def variant_env(rest: list) -> dict:
+    """The environment variables a variant sets (its optional fourth element), as strings."""
+    if len(rest) > 1 or (rest and not isinstance(rest[0], dict)):
+        raise ValueError(f"after the stage sizes, expected one {{NAME: value}} object, got {rest}")
+    return {str(k): str(v) for k, v in (rest[0] if rest else {}).items()}
 
 
 def main() -> None:
@@ -155,15 +166,18 @@ def main() -> None:
     from moshi_mlx.config import LmConfig
 
     config = {**LmConfig.from_preset("moshi_7b").raw, **plan.get("override", {})}  # e.g. a smaller width to try it
-    variants = plan.get("variants", [["ours", None, None]])
+    try:
+        sides = [(name, {"side": "ours", "stages": [t, d]}, variant_env(env))
+                 for name, t, d, *env in plan.get("variants", [["ours", None, None]])] + [("kyutai", {"side": "kyutai"}, {})]
+    except (TypeError, ValueError) as e:
+        sys.exit(f"lmgen_7b_device: bad \"variants\" in the plan ({e}); each is [name, T, D] or [name, T, D, {{NAME: value}}]")
     for dtype, bits in plan["precisions"]:
         base = dict(config=config, dtype=dtype, bits=bits, steps=plan["steps"], warmup=plan["warmup"])
         bandwidth = run_side({**base, "side": "bandwidth"}, kyutai_dir)["gb_per_s"]
         for r in range(plan["rounds"]):
-            sides = [(name, {"side": "ours", "stages": [t, d]}) for name, t, d in variants] + [("kyutai", {"side": "kyutai"})]
-            for name, side in sides if r % 2 == 0 else sides[::-1]:  # odd rounds in reverse order
-                row = {**run_side({**base, **side}, kyutai_dir), "side": name, "round": r, "dtype": dtype,
-                       "bits": bits, "bw_gbs": bandwidth}
+            for name, side, env in sides if r % 2 == 0 else sides[::-1]:  # odd rounds in reverse order
+                row = {**run_side({**base, **side}, kyutai_dir, env), "side": name, "round": r, "dtype": dtype,
+                       "bits": bits, "bw_gbs": bandwidth, **({"env": env} if env else {})}
                 row["roofline_ms"] = row["weight_bytes"] / (bandwidth * 1e9) * 1000
                 print(json.dumps(row), flush=True)
 

@@ -4,6 +4,7 @@ them, so what can run on a CPU is checked here. No timing is asserted."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -63,3 +64,36 @@ def test_prepare_help_and_unknown_option():
     result = prepare("--fast")
     assert (result.returncode, result.stderr.strip()) == (
         2, "device_prepare.sh: unknown option --fast (usage: device_prepare.sh [DIR])")
+
+
+def test_plan_variants_run_interleaved_with_their_own_environment(tmp_path, monkeypatch, capsys):
+    (tmp_path / "moshi_mlx").mkdir()  # stands in for Kyutai's package folder
+    calls = []
+
+    def fake_run_side(args, kyutai_dir, extra_env=None):
+        calls.append((args["side"], args.get("stages"), extra_env or {}))
+        return {"gb_per_s": 2.0} if args["side"] == "bandwidth" else {"weight_bytes": 4e9, "median": 1.0}
+
+    monkeypatch.setattr(lmgen_7b_device, "run_side", fake_run_side)
+    plan = {"precisions": [["bfloat16", 4]], "rounds": 2, "steps": 1, "warmup": 0,
+            "variants": [["ours", None, None], ["ours-ops", None, None, {"MLX_MAX_OPS_PER_BUFFER": 250}]]}
+    monkeypatch.setattr("sys.argv", ["lmgen_7b_device", str(tmp_path), json.dumps(plan)])
+    lmgen_7b_device.main()
+    ours, ops = ("ours", [None, None], {}), ("ours", [None, None], {"MLX_MAX_OPS_PER_BUFFER": "250"})
+    kyutai = ("kyutai", None, {})
+    assert calls == [("bandwidth", None, {}), ours, ops, kyutai, kyutai, ops, ours]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["side"], r["round"], r.get("env")) for r in rows] == [
+        ("ours", 0, None), ("ours-ops", 0, {"MLX_MAX_OPS_PER_BUFFER": "250"}), ("kyutai", 0, None),
+        ("kyutai", 1, None), ("ours-ops", 1, {"MLX_MAX_OPS_PER_BUFFER": "250"}), ("ours", 1, None)]
+    assert rows[0]["roofline_ms"] == pytest.approx(2000.0)  # 4 GB at 2 GB/s
+
+
+@pytest.mark.parametrize("variant", [["ours", None], ["ours", None, None, 5], ["ours", None, None, {}, {}]])
+def test_a_bad_variant_is_one_line(tmp_path, monkeypatch, variant):
+    (tmp_path / "moshi_mlx").mkdir()
+    plan = {"precisions": [["bfloat16", None]], "rounds": 1, "steps": 1, "warmup": 0, "variants": [variant]}
+    monkeypatch.setattr("sys.argv", ["lmgen_7b_device", str(tmp_path), json.dumps(plan)])
+    with pytest.raises(SystemExit) as exit_:
+        lmgen_7b_device.main()
+    assert str(exit_.value).startswith('lmgen_7b_device: bad "variants" in the plan (')
