@@ -1,6 +1,7 @@
-"""The scripts a session with a GPU machine runs (`benchmarks/device_prepare.sh` here,
-`benchmarks/lmgen_7b_device.py` there): such a session has minutes of device time and none to debug
-them, so what can run on a CPU is checked here. No timing is asserted."""
+"""The scripts behind the GPU figures: those a session with a GPU machine runs
+(`benchmarks/device_prepare.sh` here, `benchmarks/lmgen_7b_device.py` there; such a session has
+minutes of device time and none to debug them, so what can run on a CPU is checked here) and
+`benchmarks/gpu_frame_nodes.py`, which counts the GPU frame's primitives anywhere. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import subprocess
 
 import pytest
 
-from benchmarks import lmgen_7b_device
+import mlx.core as mx
+
+from benchmarks import gpu_frame_nodes, lmgen_7b_device
 from moshi_mlx.config import LmConfig
 from moshi_mlx.models import frame
 
@@ -97,3 +100,20 @@ def test_a_bad_variant_is_one_line(tmp_path, monkeypatch, variant):
     with pytest.raises(SystemExit) as exit_:
         lmgen_7b_device.main()
     assert str(exit_.value).startswith('lmgen_7b_device: bad "variants" in the plan (')
+
+
+def test_gpu_frame_temporal_layer_primitives():
+    """One temporal layer of the GPU frame, masked (a partly filled KV buffer), as MLX's CUDA
+    backend runs it: keys and values go to their buffers without being joined first (one
+    concatenation and two slices fewer a layer), fast RMSNorm and RoPE kernels, and the attention
+    in the pieces CUDA's fallback runs for an array mask."""
+    fast = (mx.fast.rms_norm, mx.fast.rope, mx.fast.scaled_dot_product_attention, mx.async_eval, mx.dequantize)
+    one, two = (gpu_frame_nodes.frame_primitives(layout={"num_layers": n}) for n in (1, 2))
+    layer = {kind: two[kind] - one[kind] for kind in two if two[kind] != one[kind]}
+    assert layer == {
+        "RMSNorm|RoPE": 4, "Matmul": 4, "AddMM": 2, "DynamicSliceUpdate": 2, "CompiledSigmoidMultiplyMultiply": 1,
+        "CompiledBroadcastMultiply": 1, "CompiledBroadcastBroadcastSelect": 1, "Softmax": 1,
+        "Reshape": 2, "Split": 2, "Transpose": 1,
+    }
+    # The stand-ins are gone again.
+    assert (mx.fast.rms_norm, mx.fast.rope, mx.fast.scaled_dot_product_attention, mx.async_eval, mx.dequantize) == fast

@@ -142,6 +142,13 @@ def test_gpu_formulation_in_stages_equals_op_by_op(monkeypatch):
     assert_frame_exact(lm, 1, lean=False)
 
 
+@pytest.mark.parametrize("positional_embedding", ["sin", "none"])
+def test_gpu_formulation_without_rope_equals_op_by_op(positional_embedding):
+    """The fused-kernel (GPU) frame of a temporal transformer without RoPE, whose keys and values
+    are views of the projection written to their buffers apart, stays exact."""
+    assert_frame_exact(model(positional_embedding=positional_embedding), 1, lean=False)
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["cpu-formulation-split-products", "gpu-formulation"])
 def test_quantized_frame_equals_op_by_op(lean, monkeypatch):
     """4-bit weights and bf16 activations, the products `QuantizedLinear` computes in fp32 on the CPU

@@ -240,21 +240,23 @@ class TransformerLayer(nn.Module):
     # through `linear(module, x)` (e.g. with pre-transposed weights).
 
     def _project_one(
-        self, x: mx.array, pos: int | mx.array, w: int, ops: StepOps, rotations: mx.array | None = None
-    ) -> tuple[mx.array, mx.array]:
-        """q `[B, H, 1, Dh]` and keys|values `[B, 2 Hkv, 1, Dh]` of `x` `[B, D]` at position `pos`;
-        RoPE by `rotations` (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`.
-        Keys and values come as one piece (a view of the projection but with `mx.fast.rope`)."""
+        self, x: mx.array, pos: int | mx.array, w: int, ops: StepOps, rotations: mx.array | None = None,
+        apart: bool = False,
+    ) -> tuple[mx.array, ...]:
+        """q `[B, H, 1, Dh]` and keys|values `[B, 2 Hkv, 1, Dh]` of `x` `[B, D]` at position `pos`,
+        or with `apart` q, keys and values `[B, Hkv, 1, Dh]`; RoPE by `rotations`
+        (`attention.rope_rotations` of `pos`) when given, else `mx.fast.rope`. The pieces are views
+        of the projection, except the keys after `mx.fast.rope` (joined to the values unless `apart`)."""
         attn = self.self_attn
         H, Hk = attn._heads, attn._kv_heads
         qkv = self._qkv_one(x, w, ops)
-        if not attn._rope:
-            return tuple(mx.split(qkv, [H], axis=1))
         if rotations is not None:
-            return tuple(mx.split(rotate(qkv, rotations), [H], axis=1))
+            qkv = rotate(qkv, rotations)
+        if not attn._rope or rotations is not None:
+            return tuple(mx.split(qkv, [H, H + Hk] if apart else [H], axis=1))
         q, k, v = mx.split(qkv, [H, H + Hk], axis=1)
-        q = apply_rope(q, pos, self.cfg.max_period)
-        return q, mx.concatenate([apply_rope(k, pos, self.cfg.max_period), v], axis=1)
+        q, k = apply_rope(q, pos, self.cfg.max_period), apply_rope(k, pos, self.cfg.max_period)
+        return (q, k, v) if apart else (q, mx.concatenate([k, v], axis=1))
 
     def _qkv_one(self, x: mx.array, w: int, ops: StepOps) -> mx.array:
         """q|k|v `[B, H + 2 Hkv, 1, Dh]` of `x` `[B, D]` with weight set `w`, before RoPE."""
@@ -296,14 +298,15 @@ class TransformerLayer(nn.Module):
         `[B, 2 Hkv, S, Dh]` (one slice update instead of two; the CPU frame); attends to the slots
         `mask` allows (see `StepOps.attend`); `rotations`: RoPE of `pos` as matrices (see
         `_project_one`). Returns (output, updated buffers); a pure function of its inputs."""
-        q, kv = self._project_one(x, pos, 0, ops, rotations)
         Hk = self.self_attn._kv_heads
         if len(buffers) == 1:
+            q, kv = self._project_one(x, pos, 0, ops, rotations)
             buffers = [mx.slice_update(buffers[0], kv.astype(buffers[0].dtype), slot, axes=(2,))]
             keys, values = buffers[0][:, :Hk], buffers[0][:, Hk:]
-        else:
-            keys = mx.slice_update(buffers[0], kv[:, :Hk].astype(buffers[0].dtype), slot, axes=(2,))
-            values = mx.slice_update(buffers[1], kv[:, Hk:].astype(buffers[1].dtype), slot, axes=(2,))
+        else:  # keys and values written apart: no joined copy of them
+            q, k, v = self._project_one(x, pos, 0, ops, rotations, apart=True)
+            keys = mx.slice_update(buffers[0], k.astype(buffers[0].dtype), slot, axes=(2,))
+            values = mx.slice_update(buffers[1], v.astype(buffers[1].dtype), slot, axes=(2,))
             buffers = [keys, values]
         y = ops.attend(self.self_attn, q, keys, values, mask)
         return self._finish_one(x, y, 0, ops, cross), buffers
