@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
-import re
 import sys
 from dataclasses import replace
 
@@ -37,7 +35,7 @@ def frame_primitives(bits: int | None = None, layout: dict | None = None) -> col
     """Primitives by kind of frame 0 (a partly filled KV buffer: its attention is masked, as in
     the first `context` frames of a stream) of the 7B layout with `TINY_WIDTHS` (and `layout`),
     bf16 or `bits`-bit weights, run in the GPU formulation on the default device."""
-    from moshi_mlx.cli.bench_worker import _arrays
+    from moshi_mlx.cli.bench_worker import unevaluated_primitives
     from moshi_mlx.config import LmConfig
     from moshi_mlx.generate import LmGen
     from moshi_mlx.models.lm import Lm
@@ -70,12 +68,7 @@ def frame_primitives(bits: int | None = None, layout: dict | None = None) -> col
         return mx.take(scales, columns, axis=-1)
 
     def count_and_start(*roots) -> None:
-        arrays: list = []
-        for r in roots:
-            _arrays(r, set(), arrays)
-        f = io.StringIO()
-        mx.export_to_dot(f, *arrays)
-        kinds.update(re.findall(r'label ="([A-Za-z]+)', f.getvalue()))
+        kinds.update(unevaluated_primitives(*roots))
         fast[3](*roots)
 
     mx.fast.rms_norm = lambda x, weight, eps: mx.cumsum(x, axis=-1)  # one node of the same shape

@@ -21,8 +21,10 @@ builds op by op.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import re
 import resource
 import sys
 import time
@@ -57,15 +59,20 @@ def _arrays(obj, seen: set[int], out: list) -> None:
 
 def unevaluated_nodes(*roots) -> int:
     """Primitives not yet evaluated in the graphs of the arrays reachable from `roots`."""
+    return sum(unevaluated_primitives(*roots).values())
+
+
+def unevaluated_primitives(*roots) -> collections.Counter:
+    """`unevaluated_nodes` by primitive name (fused elementwise nodes as `Compiled...`)."""
     arrays: list = []
     seen: set[int] = set()
     for r in roots:
         _arrays(r, seen, arrays)
     if not arrays:
-        return 0
+        return collections.Counter()
     f = io.StringIO()
     mx.export_to_dot(f, *arrays)
-    return f.getvalue().count("shape=rectangle")
+    return collections.Counter(re.findall(r'label ="([^"]*)", shape=rectangle', f.getvalue()))
 
 
 _ACTIVE: list["NodeCounter"] = []
